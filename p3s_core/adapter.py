@@ -1,0 +1,411 @@
+"""P3S adapter (the paper's "trainable copy with simplified layers") and its safetensors format.
+
+Adapter mode, as DESIGN.md section 1 fixes it (the paper gives no architecture; these choices are
+ours and kept small and easy to change):
+- per transformer block of the REFERENCE pass, a low-rank residual on the self-attention input:
+  ``n + up(down(n)) * alpha / rank`` with ``up`` zero-initialised (fresh adapter == identity);
+- a subject-token context for the reference pass's cross-attention: a one-layer resampler over
+  masked CLIP-vision patch tokens, blended with the text context by a learnable gate that starts
+  at 0 (fresh adapter returns the text context exactly).
+
+Files are safetensors only, flat tensor names (``lora.input.1.0.down.weight``, ``proj.*``,
+``gate``) and string metadata (see ``AdapterSpec.to_metadata``) checked against the MODEL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger("P3S")
+
+FORMAT_NAME = "p3s-adapter"
+FORMAT_VERSION = 1
+FAMILIES = {"sd15": "SD1.5", "sdxl": "SDXL"}
+# Known CLIP-vision token widths, only to make mismatch messages readable.
+CLIP_WIDTH_NAMES = {768: "ViT-B", 1024: "ViT-L", 1280: "ViT-H", 1664: "ViT-bigG"}
+RESERVED_METADATA = ("format", "format_version", "family", "rank", "alpha", "clip_width",
+                     "ctx_dim", "num_queries", "layers")
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "AdapterSpec", "LowRankDelta", "SubjectResampler",
+           "P3SAdapter", "save_adapter", "read_adapter_header", "load_adapter", "check_compatible",
+           "adapter_state_dict", "load_adapter_state_dict", "expected_tensor_shapes"]
+
+
+def _family_name(family: str) -> str:
+    return FAMILIES.get(family, family)
+
+
+def _width_name(width: int) -> str:
+    name = CLIP_WIDTH_NAMES.get(width)
+    return f"{width} ({name})" if name else str(width)
+
+
+@dataclass
+class AdapterSpec:
+    """Architecture of one adapter; everything needed to rebuild it from a file header."""
+
+    family: str
+    rank: int
+    alpha: float
+    clip_width: int
+    ctx_dim: int
+    layers: list[tuple[str, int]] = field(default_factory=list)
+    num_queries: int = 77
+    version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        self.layers = [(str(k), int(d)) for k, d in self.layers]
+        self.validate()
+
+    def validate(self, source: str = "adapter spec") -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"P3S: {source}: family {self.family!r} is not supported; "
+                             f"expected one of {sorted(FAMILIES)}")
+        for name in ("rank", "clip_width", "ctx_dim", "num_queries"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"P3S: {source}: {name} must be > 0, found {getattr(self, name)}")
+        if not math.isfinite(float(self.alpha)):
+            raise ValueError(f"P3S: {source}: alpha must be finite, found {self.alpha}")
+        keys = [k for k, _ in self.layers]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"P3S: {source}: duplicate layer keys in {keys}")
+        for key, dim in self.layers:
+            parts = key.split(".")
+            if not all(p.isidentifier() or p.isdigit() for p in parts) or dim <= 0:
+                raise ValueError(f"P3S: {source}: bad layer ({key!r}, {dim}); expected keys like "
+                                 "'input.1.0' and a positive width")
+            # A key that is the prefix of another would need one module to be both a leaf and a
+            # container in the nested tensor naming.
+            if any(other.startswith(key + ".") for other in keys):
+                raise ValueError(f"P3S: {source}: layer key {key!r} is a prefix of another key")
+
+    def to_metadata(self) -> dict[str, str]:
+        """The safetensors metadata (all strings) that describes this spec."""
+        return {
+            "format": FORMAT_NAME, "format_version": str(self.version), "family": self.family,
+            "rank": str(int(self.rank)), "alpha": repr(float(self.alpha)),
+            "clip_width": str(int(self.clip_width)), "ctx_dim": str(int(self.ctx_dim)),
+            "num_queries": str(int(self.num_queries)),
+            "layers": json.dumps([[k, int(d)] for k, d in self.layers]),
+        }
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, str] | None, source: str = "adapter") -> "AdapterSpec":
+        """Parse and check P3S metadata; ``source`` names the file in error messages."""
+        if not meta or meta.get("format") != FORMAT_NAME:
+            found = "no metadata" if not meta else f"format={meta.get('format')!r}"
+            raise ValueError(
+                f"P3S: {source} is not a P3S adapter ({found}; expected format={FORMAT_NAME!r} "
+                "metadata). It may be a LoRA, IPAdapter or checkpoint: load it with the matching "
+                "loader, or use an adapter file saved by P3S training.")
+        version = meta.get("format_version")
+        if version != str(FORMAT_VERSION):
+            raise ValueError(
+                f"P3S: {source} has adapter format_version {version!r}, this P3S supports "
+                f"{FORMAT_VERSION!r}: update the P3S node pack, or re-save the adapter with this one.")
+        try:
+            spec = cls(family=meta["family"], rank=int(meta["rank"]), alpha=float(meta["alpha"]),
+                       clip_width=int(meta["clip_width"]), ctx_dim=int(meta["ctx_dim"]),
+                       layers=[(k, d) for k, d in json.loads(meta["layers"])],
+                       num_queries=int(meta.get("num_queries", "77")), version=int(version))
+        except ValueError as exc:
+            if str(exc).startswith("P3S:"):
+                raise ValueError(f"{exc} (in {source}; the file is corrupt, re-download or "
+                                 "re-train it)") from None
+            raise ValueError(f"P3S: {source} has unreadable P3S metadata ({exc}): the file is "
+                             "corrupt, re-download or re-train it") from None
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"P3S: {source} has incomplete P3S metadata (missing or bad {exc}): "
+                             "the file is corrupt, re-download or re-train it") from None
+        return spec
+
+
+class LowRankDelta(nn.Module):
+    """``x -> up(down(x)) * alpha / rank``; ``up`` starts at zero so the delta starts at zero."""
+
+    def __init__(self, dim: int, rank: int, alpha: float) -> None:
+        super().__init__()
+        self.down = nn.Linear(dim, rank, bias=False)
+        self.up = nn.Linear(rank, dim, bias=False)
+        nn.init.normal_(self.down.weight, std=1.0 / rank)
+        nn.init.zeros_(self.up.weight)
+        self.scale = float(alpha) / float(rank)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x)) * self.scale
+
+
+def _resampler_heads(ctx_dim: int) -> int:
+    # Derived from ctx_dim (not stored) so the metadata stays the fixed key set: 64-wide heads
+    # like the U-Net's own attention, one head for tiny test widths.
+    return ctx_dim // 64 if ctx_dim % 64 == 0 else 1
+
+
+class SubjectResampler(nn.Module):
+    """Learned queries cross-attending to projected subject tokens (padded tokens masked out)."""
+
+    def __init__(self, clip_width: int, ctx_dim: int, num_queries: int = 77) -> None:
+        super().__init__()
+        self.heads = _resampler_heads(ctx_dim)
+        self.queries = nn.Parameter(torch.randn(num_queries, ctx_dim) * ctx_dim ** -0.5)
+        self.in_norm = nn.LayerNorm(clip_width)
+        self.in_proj = nn.Linear(clip_width, ctx_dim)
+        self.q_norm = nn.LayerNorm(ctx_dim)
+        self.to_q = nn.Linear(ctx_dim, ctx_dim, bias=False)
+        self.to_k = nn.Linear(ctx_dim, ctx_dim, bias=False)
+        self.to_v = nn.Linear(ctx_dim, ctx_dim, bias=False)
+        self.to_out = nn.Linear(ctx_dim, ctx_dim)
+        self.out_norm = nn.LayerNorm(ctx_dim)
+        self.out_proj = nn.Linear(ctx_dim, ctx_dim)
+
+    def forward(self, tokens: torch.Tensor, valid: torch.Tensor, length: int) -> torch.Tensor:
+        """tokens [B, N, clip_width], valid [B, N] bool (each row has >= 1 True) -> [B, length, ctx_dim]."""
+        b = tokens.shape[0]
+        reps = -(-length // self.queries.shape[0])
+        # Long prompts are 77-token chunks concatenated: tile the queries, then crop.
+        q0 = self.queries.repeat(reps, 1)[:length].unsqueeze(0).expand(b, -1, -1)
+        kv = self.in_proj(self.in_norm(tokens))
+        h, d = self.heads, q0.shape[-1] // self.heads
+        q = self.to_q(self.q_norm(q0)).view(b, length, h, d).transpose(1, 2)
+        k = self.to_k(kv).view(b, -1, h, d).transpose(1, 2)
+        v = self.to_v(kv).view(b, -1, h, d).transpose(1, 2)
+        mask = valid[:, None, None, :]  # True = attend
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = q0 + self.to_out(out.transpose(1, 2).reshape(b, length, h * d))
+        return self.out_proj(self.out_norm(out))
+
+
+class P3SAdapter(nn.Module):
+    """Reference-pass deltas (``apply_delta``) and subject context (``reference_context``)."""
+
+    def __init__(self, spec: AdapterSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.source = "<in memory>"  # file name, set by load_adapter, used in messages
+        # Nested ModuleDicts so state_dict names are exactly the file names: lora.input.1.0.down.weight
+        self.lora = nn.ModuleDict()
+        self._deltas: dict[str, LowRankDelta] = {}
+        for key, dim in spec.layers:
+            node = self.lora
+            *parents, leaf = key.split(".")
+            for part in parents:
+                if part not in node:
+                    node[part] = nn.ModuleDict()
+                node = node[part]
+            node[leaf] = self._deltas.setdefault(key, LowRankDelta(dim, spec.rank, spec.alpha))
+        self.proj = SubjectResampler(spec.clip_width, spec.ctx_dim, spec.num_queries)
+        self.gate = nn.Parameter(torch.zeros(()))
+
+    @property
+    def layer_keys(self) -> list[str]:
+        return [k for k, _ in self.spec.layers]
+
+    def has_layer(self, layer_key: str) -> bool:
+        return layer_key in self._deltas
+
+    def apply_delta(self, layer_key: str, n: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """Reference pass self-attention input ``n`` [B, T, dim] -> ``n + scale * lora(n)``."""
+        delta = self._deltas.get(layer_key)
+        if delta is None:
+            return n
+        dim = delta.down.in_features
+        if n.shape[-1] != dim:
+            raise ValueError(f"P3S: adapter {self.source!r} layer {layer_key!r} expects width {dim}, "
+                             f"got {n.shape[-1]}: the adapter does not match this MODEL")
+        w = delta.down.weight
+        return n + (delta(n.to(w.dtype)) * scale).to(n.dtype)
+
+    def reference_context(self, text_ctx: torch.Tensor, subject_tokens: torch.Tensor,
+                          valid: torch.Tensor | None = None) -> torch.Tensor:
+        """``lerp(text_ctx, proj(subject_tokens), gate)`` -> [B, L, ctx_dim] in text_ctx's dtype.
+
+        A subject batch smaller than the text batch is tiled (ComfyUI stacks cond/uncond chunks).
+        Rows whose tokens are all invalid use the text itself as proj (no NaN).
+        """
+        b, length, cdim = text_ctx.shape
+        if cdim != self.spec.ctx_dim:
+            raise ValueError(f"P3S: adapter {self.source!r} expects a text context width of "
+                             f"{self.spec.ctx_dim}, got {cdim}: use an adapter for this MODEL")
+        if subject_tokens.shape[-1] != self.spec.clip_width:
+            raise ValueError(
+                f"P3S: CLIP_VISION token width {_width_name(subject_tokens.shape[-1])} but adapter "
+                f"{self.source!r} expects {_width_name(self.spec.clip_width)}: connect the "
+                "CLIP_VISION model the adapter was trained with")
+        if valid is None:
+            valid = torch.ones(subject_tokens.shape[:2], dtype=torch.bool, device=subject_tokens.device)
+        valid = valid.to(device=subject_tokens.device, dtype=torch.bool)
+        bs = subject_tokens.shape[0]
+        if bs != b:
+            if b % bs:
+                raise ValueError(f"P3S: subject token batch {bs} does not divide text batch {b}")
+            subject_tokens, valid = subject_tokens.repeat(b // bs, 1, 1), valid.repeat(b // bs, 1)
+        p = self.gate
+        any_valid = valid.any(dim=1)
+        # Give empty rows one dummy key so attention stays finite; their proj is replaced below.
+        safe_valid = valid | ~any_valid[:, None]
+        text = text_ctx.to(device=p.device, dtype=p.dtype)
+        proj = self.proj(subject_tokens.to(device=p.device, dtype=p.dtype), safe_valid.to(p.device),
+                         length)
+        proj = torch.where(any_valid.to(p.device)[:, None, None], proj, text)
+        return torch.lerp(text, proj, self.gate).to(device=text_ctx.device, dtype=text_ctx.dtype)
+
+    def check_compatible(self, **kwargs: Any) -> None:
+        """See ``check_compatible``; uses this adapter's spec and file name."""
+        check_compatible(self.spec, self.source, **kwargs)
+
+
+def check_compatible(spec: AdapterSpec, source: str, *, family: str | None = None,
+                     layers: Sequence[tuple[str, int]] | None = None, ctx_dim: int | None = None,
+                     clip_width: int | None = None) -> None:
+    """Raise ``ValueError("P3S: ...")`` if ``spec`` does not fit the MODEL / CLIP_VISION given."""
+    if family is not None and family != spec.family:
+        raise ValueError(
+            f"P3S: adapter {source!r} is for {_family_name(spec.family)} but the MODEL is "
+            f"{_family_name(family)}: use an {_family_name(family)} adapter")
+    if ctx_dim is not None and int(ctx_dim) != spec.ctx_dim:
+        raise ValueError(
+            f"P3S: adapter {source!r} has cross-attention width {spec.ctx_dim} but the MODEL uses "
+            f"{ctx_dim}: use an adapter trained for this model")
+    if layers is not None:
+        want = {str(k): int(d) for k, d in layers}
+        have = dict(spec.layers)
+        if want != have:
+            missing = sorted(set(want) - set(have))
+            extra = sorted(set(have) - set(want))
+            dims = sorted(f"{k}: {have[k]} vs {want[k]}" for k in set(want) & set(have)
+                          if want[k] != have[k])
+            detail = "; ".join(s for s in (
+                f"MODEL layers missing from the adapter: {missing[:6]}" if missing else "",
+                f"adapter layers not in the MODEL: {extra[:6]}" if extra else "",
+                f"width adapter vs MODEL: {dims[:6]}" if dims else "") if s)
+            raise ValueError(
+                f"P3S: adapter {source!r} has {len(have)} transformer layers, the MODEL has "
+                f"{len(want)}, and they differ ({detail}): it was trained on a different architecture; "
+                "use an adapter trained for this model")
+    if clip_width is not None and int(clip_width) != spec.clip_width:
+        raise ValueError(
+            f"P3S: CLIP_VISION gives token width {_width_name(int(clip_width))} but adapter "
+            f"{source!r} expects {_width_name(spec.clip_width)}: connect the CLIP_VISION model the "
+            "adapter was trained with")
+
+
+def expected_tensor_shapes(spec: AdapterSpec) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape that a file with this metadata must hold."""
+    with torch.device("meta"):
+        model = P3SAdapter(spec)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def adapter_state_dict(adapter: P3SAdapter, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Flat CPU tensors with file names (for training checkpoints and ``save_adapter``)."""
+    return {k: v.detach().to("cpu", dtype=dtype or v.dtype).contiguous()
+            for k, v in adapter.state_dict().items()}
+
+
+def load_adapter_state_dict(adapter: P3SAdapter, tensors: Mapping[str, torch.Tensor],
+                            source: str = "checkpoint") -> None:
+    """Copy ``tensors`` into ``adapter`` after checking names and shapes (nothing copied on error)."""
+    want = {k: tuple(v.shape) for k, v in adapter.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in tensors.items()}
+    if want != have:
+        missing = sorted(set(want) - set(have))[:4]
+        extra = sorted(set(have) - set(want))[:4]
+        shapes = [f"{k}: {have[k]} vs expected {want[k]}" for k in sorted(set(want) & set(have))
+                  if want[k] != have[k]][:4]
+        raise ValueError(
+            f"P3S: {source} tensors disagree with its P3S metadata (missing {missing}, unexpected "
+            f"{extra}, shapes {shapes}): the file is corrupt or was edited; re-download or re-train it")
+    adapter.load_state_dict(dict(tensors), strict=True)
+
+
+def _check_extension(path: Path) -> None:
+    if path.suffix.lower() != ".safetensors":
+        raise ValueError(
+            f"P3S: adapter {path.name!r} has extension {path.suffix or '(none)'!r}, expected "
+            "'.safetensors': P3S adapters are safetensors only; pickle files are refused for safety. "
+            "Use a .safetensors adapter saved by P3S.")
+
+
+def save_adapter(adapter: P3SAdapter, path: str | os.PathLike,
+                 extra_metadata: Mapping[str, Any] | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+    """Write ``adapter`` to ``path`` (.safetensors) atomically; extra metadata is stringified."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    _check_extension(path)
+    meta = {str(k): str(v) for k, v in (extra_metadata or {}).items()}
+    clash = sorted(set(meta) & set(RESERVED_METADATA))
+    if clash:
+        raise ValueError(f"P3S: extra_metadata may not set reserved keys {clash}")
+    meta.update(adapter.spec.to_metadata())
+    tmp = path.with_name(path.name + ".tmp")
+    # Write then rename so a crash mid-save never leaves a truncated adapter behind.
+    save_file(adapter_state_dict(adapter, dtype), str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    log.info("P3S: saved adapter %s (%s, %d layers, rank %d)", path.name,
+             _family_name(adapter.spec.family), len(adapter.spec.layers), adapter.spec.rank)
+
+
+def _corrupt(path: Path, exc: BaseException) -> ValueError:
+    return ValueError(f"P3S: adapter {path.name!r} could not be read ({type(exc).__name__}: {exc}): "
+                      "the file is truncated or corrupt; re-download or re-train it")
+
+
+def read_adapter_header(path: str | os.PathLike) -> AdapterSpec:
+    """Read and check only the metadata of an adapter file (no tensors are loaded)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    _check_extension(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"P3S: adapter file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+    except Exception as exc:  # safetensors raises its own error type (and OSError) on bad bytes
+        raise _corrupt(path, exc) from None
+    return AdapterSpec.from_metadata(meta, repr(path.name))
+
+
+def load_adapter(path: str | os.PathLike, *, family: str | None = None,
+                 layers: Sequence[tuple[str, int]] | None = None, ctx_dim: int | None = None,
+                 clip_width: int | None = None, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32) -> P3SAdapter:
+    """Load a checked adapter; any given MODEL/CLIP_VISION facts are checked before tensors load."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    spec = read_adapter_header(path)
+    check_compatible(spec, path.name, family=family, layers=layers, ctx_dim=ctx_dim,
+                     clip_width=clip_width)
+    want = expected_tensor_shapes(spec)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            have = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            if have != want:
+                tensors = {k: torch.empty(s, device="meta") for k, s in have.items()}
+            else:
+                tensors = {k: f.get_tensor(k) for k in want}
+    except Exception as exc:
+        raise _corrupt(path, exc) from None
+    for name, t in tensors.items():
+        if t.is_floating_point() and t.device.type != "meta" and not torch.isfinite(t).all():
+            raise ValueError(f"P3S: adapter {path.name!r} tensor {name!r} holds NaN/inf: the file "
+                             "is corrupt or training diverged; re-download or re-train it")
+    adapter = P3SAdapter(spec)
+    adapter.source = path.name
+    load_adapter_state_dict(adapter, tensors, source=f"adapter {path.name!r}")
+    log.info("P3S: loaded adapter %s (%s, %d layers, rank %d)", path.name,
+             _family_name(spec.family), len(spec.layers), spec.rank)
+    return adapter.to(device=device, dtype=dtype)
