@@ -1,0 +1,133 @@
+"""Patch features for RNGR selection: a weight-free built-in feature and the CLIP patch grid.
+
+The built-in feature exists so selection works with no model at all (DESIGN.md section 1, step 1).
+Its channels are our choice (the paper uses CLIP patch tokens): Lab colour mean and spread,
+gradient energy and undirected orientation, each pooled over overlapping patches, z-scored per
+channel so no single statistic dominates the cosine similarity.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger("P3S")
+
+# sRGB (D65) -> XYZ, rows X, Y, Z; standard constants.
+_RGB2XYZ = torch.tensor(
+    [[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]
+)
+_WHITE = torch.tensor([0.9505, 1.0, 1.089])
+
+
+def as_hwc(image: torch.Tensor) -> torch.Tensor:
+    """[H, W, 3] float view of an image given as [H, W, 3] or [1, H, W, 3] (0..1)."""
+    if not isinstance(image, torch.Tensor):
+        image = torch.as_tensor(image)
+    if image.ndim == 4 and image.shape[0] == 1:
+        image = image[0]
+    if image.ndim != 3 or image.shape[-1] < 3:
+        raise ValueError(
+            f"P3S: image: expected an IMAGE of shape [H, W, 3] or [1, H, W, 3], got {tuple(image.shape)}."
+        )
+    image = image[..., :3]  # drop alpha if present
+    return image if image.dtype == torch.float32 else image.float()
+
+
+def working_size(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """(h, w) with the long side at most ``long_side``, aspect kept."""
+    scale = min(1.0, long_side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def downsample(image: torch.Tensor, long_side: int = 256) -> torch.Tensor:
+    """Area-downsample [H, W, 3] to a working resolution (no-op when already small). Returns [1, 3, h, w]."""
+    img = as_hwc(image)
+    x = img.permute(2, 0, 1).unsqueeze(0)
+    h, w = working_size(img.shape[0], img.shape[1], long_side)
+    if (h, w) != (img.shape[0], img.shape[1]):
+        x = F.interpolate(x, size=(h, w), mode="area")
+    return x.contiguous()
+
+
+def rgb_to_lab(x: torch.Tensor) -> torch.Tensor:
+    """[1, 3, h, w] sRGB 0..1 -> Lab scaled to roughly unit range (L/100, a/100, b/100)."""
+    x = x.clamp(0, 1)
+    lin = torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+    xyz = torch.einsum("ij,bjhw->bihw", _RGB2XYZ, lin) / _WHITE.view(1, 3, 1, 1)
+    eps = (6 / 29) ** 3
+    f = torch.where(xyz > eps, xyz.clamp_min(eps) ** (1 / 3), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    L = 1.16 * f[:, 1:2] - 0.16
+    a = 5.0 * (f[:, 0:1] - f[:, 1:2])
+    b = 2.0 * (f[:, 1:2] - f[:, 2:3])
+    return torch.cat([L, a, b], dim=1)
+
+
+def _pool(x: torch.Tensor, stride: int) -> torch.Tensor:
+    # Overlapping windows (2*stride+1) so patch statistics vary smoothly across the grid.
+    return F.avg_pool2d(x, 2 * stride + 1, stride=stride, padding=stride, count_include_pad=False)
+
+
+def builtin_features_chw(x: torch.Tensor, cell: int = 4) -> torch.Tensor:
+    """Weight-free features of a working-resolution image [1, 3, h, w] -> [D, h/cell, w/cell]."""
+    lab = rgb_to_lab(x)
+    L = lab[:, :1]
+    # Sobel gradients of lightness: texture energy and undirected orientation (doubled angle).
+    kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]]).view(1, 1, 3, 3) / 8
+    gx = F.conv2d(F.pad(L, (1, 1, 1, 1), mode="replicate"), kx)
+    gy = F.conv2d(F.pad(L, (1, 1, 1, 1), mode="replicate"), kx.transpose(2, 3))
+    mag2 = gx * gx + gy * gy
+    mag = mag2.sqrt()
+    c2 = (gx * gx - gy * gy) / (mag + 1e-6)  # mag*cos(2theta)
+    s2 = 2 * gx * gy / (mag + 1e-6)  # mag*sin(2theta)
+    pix = torch.cat([lab, lab * lab, mag, c2, s2], dim=1)
+    pooled = _pool(pix, cell)
+    mean = pooled[:, 0:3]
+    std = (pooled[:, 3:6] - mean * mean).clamp_min(0).sqrt()
+    grad = pooled[:, 6:9]
+    # Wider context colour (3x the window): helps tell a subject's interior from similar clutter.
+    ctx = _pool(mean, 1) if min(mean.shape[-2:]) > 2 else mean
+    feats = torch.cat([mean, std, grad, ctx], dim=1)[0]
+    # Channel weights: colour identifies a subject more reliably than texture statistics.
+    w = torch.tensor([1.5, 1.5, 1.5, 0.8, 0.8, 0.8, 0.8, 0.5, 0.5, 0.7, 0.7, 0.7])
+    return _zscore(feats) * w.view(-1, 1, 1)
+
+
+def _zscore(f: torch.Tensor) -> torch.Tensor:
+    mu = f.mean(dim=(1, 2), keepdim=True)
+    sd = f.std(dim=(1, 2), keepdim=True)
+    # Floor on the spread: a channel that is flat over the image carries no information, and
+    # dividing by ~0 would turn its noise into a dominant channel.
+    return (f - mu) / (sd + 0.02)
+
+
+def builtin_features(image: torch.Tensor, grid: int = 64, work_side: int = 256) -> torch.Tensor:
+    """Built-in weight-free patch features of an image [H, W, 3] -> [h, w, D] (long side = ``grid``)."""
+    x = downsample(image, work_side)
+    cell = max(1, round(max(x.shape[-2:]) / grid))
+    return builtin_features_chw(x, cell).permute(1, 2, 0).contiguous()
+
+
+def clip_patch_grid(tokens: torch.Tensor) -> torch.Tensor:
+    """CLIP-vision penultimate hidden states [T, D] or [1, T, D] incl. CLS -> patch grid [g, g, D]."""
+    t = torch.as_tensor(tokens)
+    if t.ndim == 3:
+        if t.shape[0] != 1:
+            raise ValueError(
+                f"P3S: clip_vision: expected hidden states for one image [1, T, D], got {tuple(t.shape)}."
+            )
+        t = t[0]
+    if t.ndim != 2:
+        raise ValueError(f"P3S: clip_vision: expected hidden states [T, D], got {tuple(t.shape)}.")
+    n = t.shape[0] - 1  # drop CLS
+    g = math.isqrt(max(n, 0))
+    if n <= 0 or g * g != n:
+        raise ValueError(
+            f"P3S: clip_vision: got {t.shape[0]} tokens ({n} after the CLS token), which is not a "
+            "square ViT patch grid as expected. Use a ViT-L/H CLIP vision model, or disconnect "
+            "clip_vision to use the built-in features."
+        )
+    return t[1:].float().reshape(g, g, t.shape[1])

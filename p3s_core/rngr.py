@@ -1,0 +1,275 @@
+"""RNGR-Encoder selection: points -> subject mask -> subject-only reference (DESIGN.md section 1).
+
+All heavy work runs on the patch grid and a working resolution (long side ``work_side`` px); only
+the final masks are upsampled, so a 4096 px image costs little more than a 1024 px one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from .features import as_hwc, builtin_features_chw, downsample
+from .points import PointSet
+
+log = logging.getLogger("P3S")
+
+FILL_MODES = ("blur", "flat")
+
+_EMPTY = (
+    "P3S: points: the selection around the positive point(s) is empty. Move or add a positive "
+    "point onto the subject, remove negative points near it, or connect a MASK to skip point selection."
+)
+
+
+@dataclass
+class Selection:
+    """Result of :func:`select_subject`; masks are float 0/1 at image size."""
+
+    mask: torch.Tensor  # [H, W] expanded subject mask
+    subject_image: torch.Tensor  # [H, W, 3] image with everything outside ``mask`` filled
+    similarity: torch.Tensor  # [h, w] smoothed similarity score on the patch grid
+    base_mask: torch.Tensor  # [H, W] mask before expansion
+    points: PointSet = field(default_factory=PointSet)  # points in this image's pixels
+
+
+def _gauss1d(sigma: float) -> torch.Tensor:
+    r = max(1, int(3 * sigma + 0.5))
+    t = torch.arange(-r, r + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum()
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of [N, C, h, w] with reflect-free replicate padding."""
+    if sigma <= 0:
+        return x
+    k = _gauss1d(sigma)
+    r = k.numel() // 2
+    c = x.shape[1]
+    kx = k.view(1, 1, 1, -1).repeat(c, 1, 1, 1)
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), kx, groups=c)
+    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), kx.transpose(2, 3), groups=c)
+    return x
+
+
+def otsu_threshold(values: torch.Tensor, bins: int = 256) -> float:
+    """Otsu's threshold of a 1-D set of values (maximises between-class variance)."""
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo < 1e-6:
+        return hi
+    hist = torch.histc(values, bins=bins, min=lo, max=hi).double()
+    centers = torch.linspace(lo, hi, bins + 1, dtype=torch.float64)
+    centers = 0.5 * (centers[:-1] + centers[1:])
+    w0 = hist.cumsum(0)
+    m0 = (hist * centers).cumsum(0)
+    total, mtot = w0[-1], m0[-1]
+    w1 = total - w0
+    between = (mtot * w0 / total - m0) ** 2 / (w0 * w1 / total).clamp_min(1e-12)
+    between[w1 <= 0] = -1
+    i = int(torch.argmax(between))
+    return float(0.5 * (centers[i] + centers[min(i + 1, bins - 1)]))
+
+
+def _sample(feats: torch.Tensor, pts: list[tuple[float, float]], width: int, height: int) -> torch.Tensor:
+    """Bilinear feature vectors [N, D] at pixel points of a width x height image; feats [D, h, w]."""
+    g = torch.tensor([[2 * x / width - 1, 2 * y / height - 1] for x, y in pts], dtype=torch.float32)
+    out = F.grid_sample(feats[None], g.view(1, -1, 1, 2), mode="bilinear", align_corners=False)
+    return out[0, :, :, 0].t()
+
+
+def _cos(feats: torch.Tensor, refs: torch.Tensor) -> torch.Tensor:
+    """Max cosine similarity of each grid cell [D, h, w] to any reference vector [N, D] -> [h, w]."""
+    f = F.normalize(feats, dim=0)
+    r = F.normalize(refs, dim=1)
+    return torch.einsum("nd,dhw->nhw", r, f).amax(0)
+
+
+def _rbf(feats: torch.Tensor, refs: torch.Tensor) -> torch.Tensor:
+    """Max Gaussian-kernel similarity (0..1) of each cell [D, h, w] to any reference [N, D].
+
+    Used for the built-in features instead of cosine (our choice): their channels are z-scores, where
+    an average-looking background cell sits near the origin and its cosine to anything is noise.
+    The bandwidth adapts to the image (half the median distance), so far cells go to ~0 and the
+    score is bimodal, which is what the Otsu threshold needs.
+    """
+    d = torch.cdist(refs, feats.flatten(1).t()).view(refs.shape[0], *feats.shape[1:])
+    tau = 0.5 * d.median().clamp_min(1e-6)
+    return torch.exp(-0.5 * (d / tau) ** 2).amax(0)
+
+
+def _prepare_points(points: PointSet | str, width: int, height: int) -> PointSet:
+    if isinstance(points, str):
+        points = PointSet.from_json(points, width, height)
+    if points.width is None or points.height is None:
+        points = PointSet(list(points.positive), list(points.negative), width, height)
+    points.validate()
+    return points.rescaled(width, height)
+
+
+def _to_cell(p: tuple[float, float], width: int, height: int, h: int, w: int) -> tuple[int, int]:
+    return (min(h - 1, max(0, int(p[1] / height * h))), min(w - 1, max(0, int(p[0] / width * w))))
+
+
+def _split_by_negatives(keep: np.ndarray, pos: list, neg: list) -> np.ndarray:
+    """Cut negative-point regions off a kept mask: marker watershed on the inverted distance
+    transform, so touching look-alikes separate at the neck between them."""
+    dt = ndimage.distance_transform_edt(keep)
+    cost = (dt.max() - dt) / max(dt.max(), 1e-6) * 60000
+    cost = np.where(keep, cost, 65535).astype(np.uint16)
+    markers = np.where(keep, 0, 3).astype(np.int16)
+    for r, c in pos:
+        markers[r, c] = 1
+    for r, c in neg:  # a negative on top of a positive wins: the user said "not this"
+        markers[r, c] = 2
+    if not (markers == 1).any():
+        return np.zeros_like(keep)
+    lab = ndimage.watershed_ift(cost, markers)
+    return keep & (lab == 1)
+
+
+def fill_outside(image: torch.Tensor, mask: torch.Tensor, mode: str = "blur") -> torch.Tensor:
+    """Replace pixels outside ``mask`` ([H, W] 0/1) with a heavy blur or flat grey; inside is untouched."""
+    img = as_hwc(image)
+    inside = (mask > 0.5).unsqueeze(-1)
+    if mode == "blur":
+        # Blur by area-downsampling to ~24 px and bilinear upsampling: very wide and cheap at any size.
+        small = downsample(img, 24)
+        bg = F.interpolate(small, size=img.shape[:2], mode="bilinear", align_corners=False)
+        bg = bg[0].permute(1, 2, 0)
+    elif mode == "flat":
+        bg = torch.full((1, 1, 3), 0.5, dtype=img.dtype).expand_as(img)
+    else:
+        raise ValueError(f"P3S: fill: unknown fill mode {mode!r}; use one of {', '.join(FILL_MODES)}.")
+    return torch.where(inside, img, bg)
+
+
+def select_subject(
+    image: torch.Tensor,
+    points: PointSet | str,
+    features: torch.Tensor | None = None,
+    *,
+    fill: str = "blur",
+    sigma: float = 1.0,
+    dilation: float = 0.005,
+    work_side: int = 256,
+    grid: int = 64,
+    fill_holes: bool = True,
+) -> Selection:
+    """Select the clicked subject of ``image`` ([H, W, 3] or [1, H, W, 3], 0..1).
+
+    features: optional [h, w, D] patch grid (e.g. :func:`features.clip_patch_grid`); None uses the
+    built-in weight-free features. sigma: similarity smoothing in grid cells. dilation: expansion
+    radius as a fraction of the image's long side. fill: how the outside is removed ("blur"/"flat").
+    """
+    img = as_hwc(image)
+    H, W = img.shape[:2]
+    pts = _prepare_points(points, W, H)
+    if fill not in FILL_MODES:
+        raise ValueError(f"P3S: fill: unknown fill mode {fill!r}; use one of {', '.join(FILL_MODES)}.")
+
+    x = downsample(img, work_side)  # [1, 3, h, w]
+    h, w = x.shape[-2:]
+    if features is None:
+        cell = max(1, round(max(h, w) / grid))
+        feats = builtin_features_chw(x, cell)
+    else:
+        f = torch.as_tensor(features).float()
+        if f.ndim == 4 and f.shape[0] == 1:
+            f = f[0]
+        if f.ndim != 3:
+            raise ValueError(f"P3S: features: expected a patch grid [h, w, D], got {tuple(f.shape)}.")
+        feats = f.permute(2, 0, 1)
+        # Centring removes the direction all tokens share, which otherwise makes every cosine high.
+        feats = feats - feats.mean(dim=(1, 2), keepdim=True)
+
+    # Step 2: similarity to positives (max over points); negatives push look-alike patches down.
+    sim = _rbf if features is None else _cos
+    score = sim(feats, _sample(feats, pts.positive, W, H))
+    if pts.negative:
+        neg = sim(feats, _sample(feats, pts.negative, W, H))
+        score = score - 2.0 * (neg - score).clamp_min(0)
+
+    # Step 3: smooth on the grid, upsample to the working resolution, Otsu -> base mask.
+    score = gaussian_blur(score[None, None], sigma)
+    up = F.interpolate(score, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    thr = otsu_threshold(up.flatten())
+    base = (up > thr).numpy()
+
+    # Step 4: keep the connected region(s) under the positive points.
+    lab, _ = ndimage.label(base)
+    pos_cells = [_to_cell(p, W, H, h, w) for p in pts.positive]
+    neg_cells = [_to_cell(p, W, H, h, w) for p in pts.negative]
+    ids = {int(lab[r, c]) for r, c in pos_cells} - {0}
+    keep = np.isin(lab, list(ids)) if ids else np.zeros_like(base)
+    if fill_holes and keep.any():
+        keep = ndimage.binary_fill_holes(keep)
+    if neg_cells and keep.any() and any(keep[r, c] for r, c in neg_cells):
+        keep = _split_by_negatives(keep, pos_cells, neg_cells)
+    if not keep.any():
+        raise ValueError(_EMPTY)
+
+    # Expand by a modest radius (relative to the image) so edges and fur are not cut off.
+    radius = dilation * max(h, w)
+    expanded = ndimage.distance_transform_edt(~keep) <= radius if radius > 0 else keep
+
+    mask = _upsample_mask(expanded, H, W)
+    base_mask = _upsample_mask(keep, H, W)
+    return Selection(
+        mask=mask,
+        subject_image=fill_outside(img, mask, fill),
+        similarity=score[0, 0],
+        base_mask=base_mask,
+        points=pts,
+    )
+
+
+def _upsample_mask(m: np.ndarray, H: int, W: int) -> torch.Tensor:
+    """Working-res boolean mask -> [H, W] 0/1 float with smooth (bilinear-then-threshold) edges."""
+    t = torch.from_numpy(m.astype(np.float32))
+    if t.shape == (H, W):
+        return t
+    up = F.interpolate(t[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
+    return (up > 0.5).float()
+
+
+def select_subject_batch(
+    images: torch.Tensor, points: PointSet | str, features: torch.Tensor | None = None, **kwargs
+) -> list[Selection]:
+    """Apply one point set to every image of a batch [B, H, W, 3]; features None or [B, h, w, D]."""
+    imgs = torch.as_tensor(images)
+    if imgs.ndim == 3:
+        imgs = imgs[None]
+    out = []
+    for i in range(imgs.shape[0]):
+        f = None if features is None else features[i]
+        out.append(select_subject(imgs[i], points, f, **kwargs))
+    return out
+
+
+def overlay(image: torch.Tensor, selection: Selection, alpha: float = 0.45) -> torch.Tensor:
+    """[H, W, 3] preview: mask tinted blue, positive points green dots, negative points red dots."""
+    img = as_hwc(image).clone()
+    H, W = img.shape[:2]
+    tint = torch.tensor([0.15, 0.45, 1.0])
+    m = selection.mask.unsqueeze(-1) > 0.5
+    img = torch.where(m, img * (1 - alpha) + tint * alpha, img * 0.7)
+    r = max(3, round(0.008 * max(H, W)))
+    pts = selection.points.rescaled(W, H) if selection.points.width else selection.points
+    for colour, plist in (((0.1, 1.0, 0.2), pts.positive), ((1.0, 0.15, 0.1), pts.negative)):
+        for px, py in plist:
+            x0, x1 = max(0, int(px) - r), min(W, int(px) + r + 1)
+            y0, y1 = max(0, int(py) - r), min(H, int(py) + r + 1)
+            if x0 >= x1 or y0 >= y1:
+                continue
+            yy, xx = torch.meshgrid(torch.arange(y0, y1), torch.arange(x0, x1), indexing="ij")
+            d2 = (xx - px) ** 2 + (yy - py) ** 2
+            patch = img[y0:y1, x0:x1]
+            patch[d2 <= r * r] = 0.0  # dark rim keeps the dot visible on any colour
+            patch[d2 <= (r - 1.5) ** 2] = torch.tensor(colour)
+    return img
