@@ -1,4 +1,6 @@
 """Every node the pack ships. A node is listed here only once it works."""
 from __future__ import annotations
 
-NODES: list = []
+from .picker import P3SPointPicker
+
+NODES: list = [P3SPointPicker]

@@ -1,0 +1,142 @@
+"""Multi-layers Condition Injection maths: the reference bank and the subject-only self-attention read.
+
+The reference pass writes, at every transformer block, the subject tokens of its self-attention input
+into a bank. The denoising pass appends them to the keys/values of its own self-attention. Each
+appended token carries an additive attention bias of log(weight): weight 1 is plain concatenation
+("reference-only"), weight w multiplies every reference token's attention share by w before
+normalisation, and weight 0 (no tokens at all) is plain sampling. Padding and disabled rows get -inf,
+so no token outside the subject mask can ever receive attention.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+def layer_grid(tokens: int, height: int, width: int) -> tuple[int, int]:
+    """The (h, w) grid of a layer with ``tokens`` tokens for a latent of ``height`` x ``width``.
+
+    U-Net levels halve with ceil rounding, so try each power-of-two downscale.
+    """
+    for s in (1, 2, 4, 8, 16, 32, 64):
+        h, w = math.ceil(height / s), math.ceil(width / s)
+        if h * w == tokens:
+            return h, w
+    raise ValueError(f"P3S: cannot map {tokens} tokens onto a {height}x{width} latent; this U-Net layout "
+                     "is not supported (SD1.5 and SDXL are)")
+
+
+def mask_to_tokens(mask: torch.Tensor, grid: tuple[int, int], threshold: float = 0.5) -> torch.Tensor:
+    """Which tokens of a layer grid lie inside the subject: [R, H, W] mask -> [R, h*w] bool.
+
+    A token is kept when at least ``threshold`` of its area is subject. At coarse layers a small subject
+    may cover no token that much; then its best-covered token is kept so every layer sees the subject.
+    """
+    if mask.ndim == 2:
+        mask = mask[None]
+    m = F.adaptive_avg_pool2d(mask[:, None].float(), grid)[:, 0].flatten(1)
+    keep = m >= threshold
+    empty = ~keep.any(dim=1)
+    if empty.any():
+        best = m.argmax(dim=1)
+        rows = torch.nonzero(empty & (m.amax(dim=1) > 0)).flatten()
+        keep[rows, best[rows]] = True
+    return keep
+
+
+def gather_tokens(hidden: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Subject tokens only: hidden [R, T, C], keep [R, T] -> tokens [R, N, C] (padded), valid [R, N]."""
+    counts = keep.sum(dim=1)
+    n = int(counts.max().item()) if keep.numel() else 0
+    r, _, c = hidden.shape
+    tokens = hidden.new_zeros(r, n, c)
+    valid = torch.zeros(r, n, dtype=torch.bool, device=hidden.device)
+    for i in range(r):
+        idx = torch.nonzero(keep[i]).flatten()
+        tokens[i, : idx.numel()] = hidden[i, idx]
+        valid[i, : idx.numel()] = True
+    return tokens, valid
+
+
+def reference_rows(cond_or_uncond: list[int], total_rows: int, refs: int, uncond_sees_reference: bool
+                   ) -> torch.Tensor:
+    """For each row of a batched U-Net call, the reference row it reads (-1 = none).
+
+    ComfyUI stacks chunks (cond, uncond, ...) of ``total_rows // len(cond_or_uncond)`` rows each; a
+    reference batch of 1 is broadcast, a reference batch equal to the latent batch pairs row by row.
+    """
+    chunks = max(len(cond_or_uncond), 1)
+    per_chunk = total_rows // chunks
+    if refs not in (1, per_chunk):
+        raise ValueError(f"P3S: the reference batch has {refs} images but the latent batch has {per_chunk}: "
+                         "use one reference image (it is shared by the whole batch) or one per latent")
+    out = torch.empty(total_rows, dtype=torch.long)
+    for r in range(total_rows):
+        kind = cond_or_uncond[min(r // per_chunk, chunks - 1)] if cond_or_uncond else 0
+        out[r] = -1 if (kind == 1 and not uncond_sees_reference) else (0 if refs == 1 else r % per_chunk)
+    return out
+
+
+def reference_bias(valid: torch.Tensor, rows: torch.Tensor, weight: float, dtype: torch.dtype) -> torch.Tensor:
+    """Additive attention bias for the appended tokens: [B, N] with log(weight) or -inf."""
+    b, n = rows.shape[0], valid.shape[1]
+    bias = torch.full((b, n), float("-inf"), dtype=dtype, device=valid.device)
+    if weight <= 0:
+        return bias
+    use = rows >= 0
+    if use.any():
+        v = valid[rows[use].to(valid.device)]
+        bias[use.to(valid.device)] = torch.where(v, torch.tensor(math.log(weight), dtype=dtype, device=valid.device),
+                                                 torch.tensor(float("-inf"), dtype=dtype, device=valid.device))
+    return bias
+
+
+def append_tokens(context: torch.Tensor, tokens: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """context [B, T, C] + each row's reference tokens -> [B, T + N, C] (rows of -1 get zeros, masked)."""
+    picked = tokens[rows.clamp(min=0).to(tokens.device)].to(context.dtype)
+    return torch.cat([context, picked], dim=1)
+
+
+def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, offset: int,
+                     bias: torch.Tensor) -> torch.Tensor:
+    """Multi-head attention where keys ``offset : offset + N`` carry ``bias`` [B, N] (others 0).
+
+    q, k, v are [B, T, heads * d] as ComfyUI's attention functions receive them.
+    """
+    b, tq, inner = q.shape
+    d = inner // heads
+    full = torch.zeros(b, k.shape[1], dtype=q.dtype, device=q.device)
+    full[:, offset: offset + bias.shape[1]] = bias.to(q.dtype)
+    qh, kh, vh = (t.reshape(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=full[:, None, None, :])
+    return out.transpose(1, 2).reshape(b, tq, inner)
+
+
+@dataclass
+class ReferenceBank:
+    """Subject tokens per transformer block of the reference pass: key -> (tokens [R, N, C], valid [R, N])."""
+
+    store: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    def write(self, key: str, tokens: torch.Tensor, valid: torch.Tensor) -> None:
+        self.store[key] = (tokens, valid)
+
+    def read(self, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return self.store.get(key)
+
+    def clear(self) -> None:
+        self.store.clear()
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t, _ in self.store.values())
+
+
+def layer_key(block: tuple, block_index: int) -> str:
+    """'input.1.0' style key from ComfyUI's extra_options block tuple and block_index."""
+    return f"{block[0]}.{block[1]}.{block_index}"
