@@ -116,21 +116,84 @@ def _to_cell(p: tuple[float, float], width: int, height: int, h: int, w: int) ->
     return (min(h - 1, max(0, int(p[1] / height * h))), min(w - 1, max(0, int(p[0] / width * w))))
 
 
-def _split_by_negatives(keep: np.ndarray, pos: list, neg: list) -> np.ndarray:
-    """Cut negative-point regions off a kept mask: marker watershed on the inverted distance
-    transform, so touching look-alikes separate at the neck between them."""
+def _split(keep: np.ndarray, pos: list, neg: list, auto: bool, neck_ratio: float) -> np.ndarray:
+    """Cut look-alikes off the kept region at the necks between them (our choice; the paper relies
+    on connectivity alone). Marker watershed on the inverted distance transform: markers at the
+    positive points, the negative points and (``auto``) every distance peak. Basins join the
+    positive region when the neck between them is wide relative to the smaller basin's own
+    thickness (one body with a head), and stay cut when narrow (two touching bodies).
+    Negative basins never join; positive basins are always kept."""
+    # Work on the region's bounding box (plus a margin) only: cheap on large working grids.
+    rows, cols = np.nonzero(keep)
+    r0, r1, c0, c1 = max(rows.min() - 1, 0), rows.max() + 2, max(cols.min() - 1, 0), cols.max() + 2
+    full, keep = keep, keep[r0:r1, c0:c1]
+    pos = [(r - r0, c - c0) for r, c in pos if full[r, c]]
+    neg = [(r - r0, c - c0) for r, c in neg if full[r, c]]
     dt = ndimage.distance_transform_edt(keep)
-    cost = (dt.max() - dt) / max(dt.max(), 1e-6) * 60000
-    cost = np.where(keep, cost, 65535).astype(np.uint16)
-    markers = np.where(keep, 0, 3).astype(np.int16)
-    for r, c in pos:
-        markers[r, c] = 1
-    for r, c in neg:  # a negative on top of a positive wins: the user said "not this"
-        markers[r, c] = 2
-    if not (markers == 1).any():
-        return np.zeros_like(keep)
-    lab = ndimage.watershed_ift(cost, markers)
-    return keep & (lab == 1)
+    n_out = 0
+    markers = np.zeros(keep.shape, np.int32)
+    labels = []
+    if auto:
+        peaks = keep & (dt >= 2) & (dt == ndimage.maximum_filter(dt, size=5))
+        for r, c in zip(*np.nonzero(peaks)):
+            labels.append("peak")
+            markers[r, c] = len(labels)
+    for kind, cells in (("pos", pos), ("neg", neg)):  # later wins: a negative on a positive cancels it
+        for r, c in cells:
+            if keep[r, c]:
+                labels.append(kind)
+                markers[r, c] = len(labels)
+    kinds = {i + 1: k for i, k in enumerate(labels)}
+    present = set(np.unique(markers).tolist())
+    region = {lab for lab, k in kinds.items() if k == "pos" and lab in present}
+    if not region:
+        return np.zeros_like(full)
+    ws = _flood(keep, dt, markers)
+    K = len(labels) + n_out + 1
+    # Neck between two basins: the thickest point of their shared boundary.
+    neck = np.zeros((K, K))
+    for a, b, da, db in ((ws[:, :-1], ws[:, 1:], dt[:, :-1], dt[:, 1:]), (ws[:-1], ws[1:], dt[:-1], dt[1:])):
+        sel = (a != b) & (a > n_out) & (b > n_out)
+        np.maximum.at(neck, (a[sel], b[sel]), np.minimum(da[sel], db[sel]))
+    neck = np.maximum(neck, neck.T)
+    peak = np.asarray(ndimage.maximum(dt, ws, index=np.arange(K)), dtype=float)
+    ratio = neck / np.maximum(np.minimum(peak[:, None], peak[None, :]), 1e-6)
+    # Grow the positive and negative sides together, strongest neck first, so a look-alike's own
+    # basins join the negative that marks it before they can leak into the positive side.
+    side = np.zeros(K, np.int8)
+    side[list(region)] = 1
+    side[[lab for lab, k in kinds.items() if k == "neg" and lab in present]] = 2
+    while True:
+        cand = ratio * ((side[:, None] > 0) & (side[None, :] == 0))
+        i, j = np.unravel_index(int(np.argmax(cand)), cand.shape)
+        if cand[i, j] < neck_ratio or cand[i, j] <= 0:
+            break
+        side[j] = side[i]
+    region = set(np.nonzero(side == 1)[0].tolist())
+    out = np.zeros_like(full)
+    out[r0:r1, c0:c1] = keep & np.isin(ws, list(region))
+    return out
+
+
+def _flood(keep: np.ndarray, dt: np.ndarray, markers: np.ndarray, levels: int = 12) -> np.ndarray:
+    """Marker watershed of ``-dt`` by flooding: lower the water level step by step and give each
+    newly wet pixel the label of the nearest labelled pixel in its connected pool. (scipy's
+    watershed_ift leaks labels around basins along equal-cost rims, so it is not used.)"""
+    lab = markers.copy()
+    top = float(dt.max())
+    for t in list(np.linspace(top, 0, levels + 1)[1:-1]) + [0.0]:
+        wet = keep & (dt >= t) if t > 0 else keep
+        todo = wet & (lab == 0)
+        if not todo.any():
+            continue
+        seeded = wet & (lab > 0)
+        if not seeded.any():
+            continue
+        pools, _ = ndimage.label(wet)
+        _, (ir, ic) = ndimage.distance_transform_edt(~seeded, return_indices=True)
+        ok = todo & (pools[ir, ic] == pools)
+        lab[ok] = lab[ir, ic][ok]
+    return lab
 
 
 def fill_outside(image: torch.Tensor, mask: torch.Tensor, mode: str = "blur") -> torch.Tensor:
@@ -138,8 +201,8 @@ def fill_outside(image: torch.Tensor, mask: torch.Tensor, mode: str = "blur") ->
     img = as_hwc(image)
     inside = (mask > 0.5).unsqueeze(-1)
     if mode == "blur":
-        # Blur by area-downsampling to ~24 px and bilinear upsampling: very wide and cheap at any size.
-        small = downsample(img, 24)
+        # Blur by area-downsampling to ~12 px and bilinear upsampling: very wide and cheap at any size.
+        small = downsample(img, 12)
         bg = F.interpolate(small, size=img.shape[:2], mode="bilinear", align_corners=False)
         bg = bg[0].permute(1, 2, 0)
     elif mode == "flat":
@@ -160,12 +223,16 @@ def select_subject(
     work_side: int = 256,
     grid: int = 64,
     fill_holes: bool = True,
+    split_touching: bool = True,
+    neck_ratio: float = 0.6,
 ) -> Selection:
     """Select the clicked subject of ``image`` ([H, W, 3] or [1, H, W, 3], 0..1).
 
     features: optional [h, w, D] patch grid (e.g. :func:`features.clip_patch_grid`); None uses the
     built-in weight-free features. sigma: similarity smoothing in grid cells. dilation: expansion
     radius as a fraction of the image's long side. fill: how the outside is removed ("blur"/"flat").
+    split_touching: also cut unclicked look-alikes joined to the clicked subject by a narrow neck
+    (neck thinner than ``neck_ratio`` x the smaller body's thickness); click every part you want.
     """
     img = as_hwc(image)
     H, W = img.shape[:2]
@@ -209,8 +276,8 @@ def select_subject(
     keep = np.isin(lab, list(ids)) if ids else np.zeros_like(base)
     if fill_holes and keep.any():
         keep = ndimage.binary_fill_holes(keep)
-    if neg_cells and keep.any() and any(keep[r, c] for r, c in neg_cells):
-        keep = _split_by_negatives(keep, pos_cells, neg_cells)
+    if keep.any() and (split_touching or any(keep[r, c] for r, c in neg_cells)):
+        keep = _split(keep, pos_cells, neg_cells, split_touching, neck_ratio)
     if not keep.any():
         raise ValueError(_EMPTY)
 

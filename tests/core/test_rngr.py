@@ -1,0 +1,175 @@
+"""RNGR selection on synthetic scenes (no comfy, no weights)."""
+
+import numpy as np
+import pytest
+import torch
+
+from p3s_core.features import builtin_features, clip_patch_grid
+from p3s_core.points import PointSet
+from p3s_core.rngr import Selection, fill_outside, overlay, select_subject, select_subject_batch
+
+
+def _ellipse(h, w, cx, cy, rx, ry):
+    yy, xx = np.mgrid[0:h, 0:w]
+    return ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
+
+
+def _scene(h, w, subjects, seed=0):
+    """Textured greenish background with identical orange textured subjects; returns image, masks."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((h, w, 3), np.float32)
+    img[:] = (0.25, 0.45, 0.2)
+    img += rng.normal(0, 0.04, (h, w, 1))
+    masks = []
+    for cx, cy, rx, ry in subjects:
+        m = _ellipse(h, w, cx, cy, rx, ry)
+        img[m] = np.array([0.85, 0.5, 0.2]) + rng.normal(0, 0.04, (int(m.sum()), 1))
+        masks.append(m)
+    return torch.from_numpy(np.clip(img, 0, 1)), masks
+
+
+def _iou(a, b):
+    return (a & b).sum() / max(1, (a | b).sum())
+
+
+def _frac_inside(sel_mask, m):
+    return (sel_mask & m).sum() / m.sum()
+
+
+def test_click_on_one_of_two_identical_subjects_selects_only_it():
+    img, (left, right) = _scene(256, 384, [(100, 128, 55, 40), (280, 128, 55, 40)])
+    for target, other, x in ((left, right, 100), (right, left, 280)):
+        sel = select_subject(img, PointSet.from_pixels(positive=[(x, 128)], width=384, height=256))
+        m = sel.mask.numpy() > 0.5
+        assert _iou(m, target) > 0.8
+        assert _frac_inside(m, other) < 0.01
+        assert isinstance(sel, Selection) and sel.mask.shape == (256, 384)
+        assert set(torch.unique(sel.mask).tolist()) <= {0.0, 1.0}
+        assert sel.subject_image.shape == (256, 384, 3)
+        assert sel.base_mask.shape == (256, 384) and sel.similarity.ndim == 2
+
+
+def test_negative_point_removes_touching_lookalike():
+    # Two identical subjects overlapping slightly: one connected region without a negative point.
+    img, (a, b) = _scene(256, 384, [(130, 128, 60, 45), (245, 128, 60, 45)])
+    b_only = b & ~a
+    pos = PointSet.from_pixels(positive=[(120, 128)], width=384, height=256)
+    merged = select_subject(img, pos, split_touching=False).mask.numpy() > 0.5
+    assert _frac_inside(merged, b_only) > 0.8  # the look-alike is in the region (test is meaningful)
+    pts = PointSet.from_pixels(positive=[(120, 128)], negative=[(255, 128)], width=384, height=256)
+    sel = select_subject(img, pts).mask.numpy() > 0.5
+    assert _frac_inside(sel, b_only) < 0.1
+    assert _frac_inside(sel, a) > 0.85
+
+
+def test_points_for_512_apply_to_1024x768_image():
+    img, (left, right) = _scene(768, 1024, [(300, 380, 150, 110), (740, 380, 150, 110)])
+    # Clicked on a 512x512 preview of the same picture: x * 0.5, y * 512/768.
+    text = '{"width": 512, "height": 512, "positive": [{"x": 370, "y": 253}], "negative": []}'
+    sel = select_subject(img, PointSet.from_json(text))
+    m = sel.mask.numpy() > 0.5
+    assert _iou(m, right) > 0.8 and _frac_inside(m, left) < 0.01
+    assert sel.points.positive == [(740.0, 379.5)]
+
+
+def test_accepts_batched_single_image_and_json_text():
+    img, (left, _) = _scene(128, 192, [(50, 64, 28, 20), (140, 64, 28, 20)])
+    sel = select_subject(img[None], '[{"x": 50, "y": 64}]')
+    assert _iou(sel.mask.numpy() > 0.5, left) > 0.75
+
+
+def test_empty_result_raises_actionable_error():
+    img, _ = _scene(128, 192, [(50, 64, 28, 20), (140, 64, 28, 20)])
+    pts = PointSet.from_pixels(positive=[(50, 64)], negative=[(50, 64)], width=192, height=128)
+    with pytest.raises(ValueError, match=r"P3S: .*empty.*positive point.*negative.*MASK"):
+        select_subject(img, pts)
+
+
+def test_no_positive_point_raises():
+    img, _ = _scene(64, 64, [(32, 32, 10, 10)])
+    with pytest.raises(ValueError, match="no positive point"):
+        select_subject(img, PointSet.from_pixels(negative=[(3, 3)], width=64, height=64))
+
+
+@pytest.mark.parametrize("mode", ["blur", "flat"])
+def test_fill_changes_only_pixels_outside_the_mask(mode):
+    img, (left, right) = _scene(256, 384, [(100, 128, 55, 40), (280, 128, 55, 40)])
+    sel = select_subject(img, PointSet.from_pixels(positive=[(100, 128)], width=384, height=256), fill=mode)
+    inside = sel.mask > 0.5
+    assert torch.equal(sel.subject_image[inside], img[inside])
+    # Outside really changed, and the look-alike lost its colour and texture.
+    diff = (sel.subject_image - img).abs().sum(-1)
+    assert (diff[~inside] > 1e-4).float().mean() > 0.95
+    r = torch.from_numpy(right)
+    assert diff[r].mean() > 0.2
+    assert sel.subject_image[r].std(0).mean() < 0.5 * img[r].std(0).mean() + 0.05
+    if mode == "flat":
+        assert torch.allclose(sel.subject_image[~inside], torch.tensor(0.5))
+    again = fill_outside(img, sel.mask, mode)
+    assert torch.equal(again, sel.subject_image)
+
+
+def test_unknown_fill_mode():
+    img, _ = _scene(64, 64, [(32, 32, 10, 10)])
+    with pytest.raises(ValueError, match="fill mode 'inpaint'"):
+        fill_outside(img, torch.ones(64, 64), "inpaint")
+
+
+def test_batch_applies_one_point_set_with_rescaling():
+    a, (la, _) = _scene(256, 256, [(70, 128, 40, 30), (190, 128, 40, 30)], seed=1)
+    b, (lb, _) = _scene(256, 256, [(70, 128, 40, 30), (190, 128, 40, 30)], seed=2)
+    pts = PointSet.from_pixels(positive=[(35, 64)], width=128, height=128)  # half-size preview
+    sels = select_subject_batch(torch.stack([a, b]), pts)
+    assert len(sels) == 2
+    for sel, target in zip(sels, (la, lb)):
+        assert _iou(sel.mask.numpy() > 0.5, target) > 0.8
+
+
+def test_external_feature_grid_uses_cosine():
+    # A 16x16 "CLIP" grid where two regions share one direction: spatial connectivity must decide.
+    f = torch.zeros(16, 16, 8)
+    f[..., 0] = 1.0
+    f[4:10, 2:6, 1] = 5.0
+    f[4:10, 10:14, 1] = 5.0
+    img = torch.full((160, 160, 3), 0.5)
+    sel = select_subject(img, PointSet.from_pixels(positive=[(40, 70)], width=160, height=160), f, dilation=0)
+    m = sel.mask
+    assert m[70, 40] == 1 and m[70, 120] == 0
+    assert 0.6 < m[40:100, 20:60].mean() and m[:, 80:].sum() == 0
+    sels = select_subject_batch(img[None].repeat(2, 1, 1, 1), '[{"x": 120, "y": 70}]', f[None].repeat(2, 1, 1, 1))
+    assert all(s.mask[70, 120] == 1 and s.mask[70, 40] == 0 for s in sels)
+
+
+def test_clip_patch_grid_shapes_and_error():
+    g = clip_patch_grid(torch.randn(1, 257, 1024))
+    assert g.shape == (16, 16, 1024)
+    t = torch.arange(5 * 3, dtype=torch.float32).view(5, 3)
+    assert torch.equal(clip_patch_grid(t)[0, 0], t[1])  # CLS dropped
+    with pytest.raises(ValueError, match=r"P3S: .*52 tokens.*square ViT.*ViT-L/H.*disconnect clip_vision"):
+        clip_patch_grid(torch.randn(52, 32))
+
+
+def test_builtin_features_shape_and_normalised():
+    img, _ = _scene(256, 512, [(100, 128, 55, 40)])
+    f = builtin_features(img, grid=64)
+    assert f.shape[:2] == (32, 64) and f.ndim == 3 and torch.isfinite(f).all()
+    assert f.mean(dim=(0, 1)).abs().max() < 1e-3
+
+
+def test_overlay_draws_points_and_tint():
+    img, _ = _scene(256, 384, [(100, 128, 55, 40), (280, 128, 55, 40)])
+    pts = PointSet.from_pixels(positive=[(100, 128)], negative=[(280, 128)], width=384, height=256)
+    sel = select_subject(img, pts)
+    ov = overlay(img, sel)
+    assert ov.shape == img.shape
+    assert torch.allclose(ov[128, 100], torch.tensor([0.1, 1.0, 0.2]))
+    assert torch.allclose(ov[128, 280], torch.tensor([1.0, 0.15, 0.1]))
+    assert not torch.equal(ov[128, 80], img[128, 80])  # tinted inside the mask
+
+
+def test_large_image_stays_small_and_correct():
+    img, (left, right) = _scene(512, 512, [(130, 256, 80, 60), (380, 256, 80, 60)])
+    big = torch.nn.functional.interpolate(img.permute(2, 0, 1)[None], size=(2048, 2048))[0].permute(1, 2, 0)
+    sel = select_subject(big, PointSet.from_pixels(positive=[(130, 256)], width=512, height=512))
+    small = torch.nn.functional.interpolate(sel.mask[None, None], size=(512, 512))[0, 0].numpy() > 0.5
+    assert _iou(small, left) > 0.8 and _frac_inside(small, right) < 0.01
