@@ -22,3 +22,6 @@ async def comfy_entrypoint() -> P3SExtension:
 
 
 __all__ = ["comfy_entrypoint", "register_model_folder", "node_list"]
+
+from .routes import register_routes
+register_routes()

@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 HOST_DIR=${P3S_HOST_DIR:-$HOME/.cache/p3s/host}
 bash scripts/setup_host.sh
+bash scripts/setup_browser.sh
 set +e
 "$HOST_DIR/venv/bin/python" -m pytest -q "$@" tests
 rc=$?
