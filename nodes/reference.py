@@ -1,0 +1,97 @@
+"""Preparing the subject-only reference: selection, fill (blur, flat, inpaint), VAE latent."""
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+import comfy.sample
+
+from ..p3s_core.rngr import FILL_MODES, fill_outside, select_subject
+from .features import clip_features
+from .models import context_dim, native_side
+
+log = logging.getLogger("P3S")
+
+ALL_FILLS = (*FILL_MODES, "inpaint")
+
+
+def selection_masks(reference: torch.Tensor, points, mask, clip_vision) -> torch.Tensor:
+    """[R, H, W] 0/1 subject masks from a MASK override or from the points."""
+    _, height, width, _ = reference.shape
+    if mask is not None:
+        m = mask if mask.ndim == 3 else mask[None]
+        if m.shape[-2:] != (height, width):
+            m = F.interpolate(m[:, None].float(), size=(height, width), mode="bilinear",
+                              align_corners=False)[:, 0]
+        m = (m > 0.5).float()
+        if m.shape[0] not in (1, reference.shape[0]):
+            raise ValueError(f"P3S: mask: {m.shape[0]} masks for {reference.shape[0]} reference images; "
+                             "give one mask, or one per reference image")
+        if m.shape[0] == 1 and reference.shape[0] > 1:
+            m = m.expand(reference.shape[0], -1, -1)
+        empty = [i for i in range(m.shape[0]) if m[i].sum() == 0]
+        if empty:
+            raise ValueError(f"P3S: mask: mask {empty[0]} is empty (all zero), so there is no subject to "
+                             "inject. Paint the subject white in the mask, or use points instead")
+        return m.contiguous()
+    if points is None:
+        raise ValueError("P3S: points: connect P3S_POINTS from a P3S Point Picker, or a MASK to the mask "
+                         "input, to say which subject to use")
+    pts = points.rescaled(width, height)
+    feats = clip_features(clip_vision, reference) if clip_vision is not None else None
+    return torch.stack([select_subject(reference[i], pts, None if feats is None else feats[i]).mask
+                        for i in range(reference.shape[0])])
+
+
+def fit_to_native(image: torch.Tensor, masks: torch.Tensor, family: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Downscale (never upscale) so the long side is at most the family's native size; sides % 8 == 0."""
+    _, h, w, _ = image.shape
+    scale = min(1.0, native_side(family) / max(h, w))
+    nh, nw = max(8, int(h * scale) // 8 * 8), max(8, int(w * scale) // 8 * 8)
+    if (nh, nw) == (h, w):
+        return image, masks
+    img = F.interpolate(image.movedim(-1, 1), size=(nh, nw), mode="area").movedim(1, -1)
+    m = (F.interpolate(masks[:, None], size=(nh, nw), mode="area")[:, 0] > 0.5).float()
+    return img, m
+
+
+def inpaint_outside(model, vae, image: torch.Tensor, masks: torch.Tensor, family: str, seed: int = 0,
+                    steps: int = 12, denoise: float = 0.7) -> torch.Tensor:
+    """Regenerate everything outside the subject with the MODEL (a short masked denoise).
+
+    Starts from the blurred fill so the new background keeps the reference's colours and layout; runs
+    unconditionally (a zero text context: no prompt is needed). Subject pixels are kept exactly.
+    """
+    start = fill_outside(image[0], masks[0], "blur")[None] if image.shape[0] == 1 else torch.stack(
+        [fill_outside(image[i], masks[i], "blur") for i in range(image.shape[0])])
+    latent = vae.encode(start[..., :3])
+    extra = {"pooled_output": torch.zeros(1, 1280)} if family == "sdxl" else {}
+    cond = [[torch.zeros(1, 77, context_dim(model)), extra]]
+    noise = comfy.sample.prepare_noise(latent, seed)
+    outside = 1.0 - masks[:, None]
+    samples = comfy.sample.sample(model, noise, steps, 1.0, "euler", "normal", cond, cond, latent,
+                                  denoise=denoise, noise_mask=outside, seed=seed, disable_pbar=True)
+    decoded = vae.decode(samples)[..., :3]
+    if decoded.shape[1:3] != image.shape[1:3]:
+        decoded = F.interpolate(decoded.movedim(-1, 1), size=image.shape[1:3], mode="bilinear",
+                                align_corners=False).movedim(1, -1)
+    keep = masks[..., None]
+    return (image[..., :3] * keep + decoded.to(image.dtype) * (1 - keep)).clamp(0, 1)
+
+
+def subject_only(model, vae, image: torch.Tensor, masks: torch.Tensor, fill: str, family: str) -> torch.Tensor:
+    if fill not in ALL_FILLS:
+        raise ValueError(f"P3S: fill={fill!r} is unknown: use one of {', '.join(ALL_FILLS)}")
+    if fill == "inpaint":
+        return inpaint_outside(model, vae, image, masks, family)
+    return torch.stack([fill_outside(image[i, ..., :3], masks[i], fill) for i in range(image.shape[0])])
+
+
+def encode_reference(model, vae, subject: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """VAE latent of the subject-only reference (in the model's latent space) and the latent-size mask."""
+    latent = vae.encode(subject[..., :3])
+    latent = model.model.process_latent_in(latent).float().cpu()
+    m = F.interpolate(masks[:, None].float(), size=latent.shape[-2:], mode="area")[:, 0]
+    return latent, m
