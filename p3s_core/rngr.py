@@ -157,14 +157,17 @@ def _split(keep: np.ndarray, pos: list, neg: list, auto: bool, neck_ratio: float
         np.maximum.at(neck, (a[sel], b[sel]), np.minimum(da[sel], db[sel]))
     neck = np.maximum(neck, neck.T)
     peak = np.asarray(ndimage.maximum(dt, ws, index=np.arange(K)), dtype=float)
-    ratio = neck / np.maximum(np.minimum(peak[:, None], peak[None, :]), 1e-6)
     # Grow the positive and negative sides together, strongest neck first, so a look-alike's own
-    # basins join the negative that marks it before they can leak into the positive side.
+    # basins join the negative that marks it before they can leak into the positive side. A neck is
+    # judged against the thickness of the whole side grown so far, so a chain of thin basins (a
+    # bridge) cannot carry the side over into a thick look-alike.
     side = np.zeros(K, np.int8)
     side[list(region)] = 1
     side[[lab for lab, k in kinds.items() if k == "neg" and lab in present]] = 2
     while True:
-        cand = ratio * ((side[:, None] > 0) & (side[None, :] == 0))
+        side_peak = np.array([0.0, peak[side == 1].max(initial=0), peak[side == 2].max(initial=0)])
+        ref = np.minimum(side_peak[side][:, None], peak[None, :])
+        cand = neck / np.maximum(ref, 1e-6) * ((side[:, None] > 0) & (side[None, :] == 0))
         i, j = np.unravel_index(int(np.argmax(cand)), cand.shape)
         if cand[i, j] < neck_ratio or cand[i, j] <= 0:
             break
@@ -223,7 +226,7 @@ def select_subject(
     work_side: int = 256,
     grid: int = 64,
     fill_holes: bool = True,
-    split_touching: bool = True,
+    split_touching: bool = False,
     neck_ratio: float = 0.6,
 ) -> Selection:
     """Select the clicked subject of ``image`` ([H, W, 3] or [1, H, W, 3], 0..1).
@@ -232,7 +235,8 @@ def select_subject(
     built-in weight-free features. sigma: similarity smoothing in grid cells. dilation: expansion
     radius as a fraction of the image's long side. fill: how the outside is removed ("blur"/"flat").
     split_touching: also cut unclicked look-alikes joined to the clicked subject by a narrow neck
-    (neck thinner than ``neck_ratio`` x the smaller body's thickness); click every part you want.
+    (neck thinner than ``neck_ratio`` x the smaller body's thickness); off by default because it
+    can also cut a head off a body. Negative points always split at necks this way.
     """
     img = as_hwc(image)
     H, W = img.shape[:2]

@@ -62,6 +62,16 @@ def test_negative_point_removes_touching_lookalike():
     assert _frac_inside(sel, a) > 0.85
 
 
+def test_split_touching_cuts_narrow_neck_without_negative():
+    # Two bodies joined by a thin bridge: off by default (connectivity only), opt-in cuts it.
+    img, (a, b, _) = _scene(256, 384, [(110, 128, 55, 45), (270, 128, 55, 45), (190, 128, 40, 8)])
+    pts = PointSet.from_pixels(positive=[(110, 128)], width=384, height=256)
+    joined = select_subject(img, pts).mask.numpy() > 0.5
+    assert _frac_inside(joined, b) > 0.8
+    cut = select_subject(img, pts, split_touching=True).mask.numpy() > 0.5
+    assert _frac_inside(cut, b) < 0.05 and _frac_inside(cut, a) > 0.85
+
+
 def test_points_for_512_apply_to_1024x768_image():
     img, (left, right) = _scene(768, 1024, [(300, 380, 150, 110), (740, 380, 150, 110)])
     # Clicked on a 512x512 preview of the same picture: x * 0.5, y * 512/768.
