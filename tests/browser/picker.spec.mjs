@@ -1,0 +1,192 @@
+// Drives the P3S Point Picker in headless Chromium against a running ComfyUI server.
+// Usage: node tests/browser/picker.spec.mjs <server url> <artifacts dir> [image name] [W] [H] [points json]
+// Prints one JSON line (prefix "P3S_RESULT ") with everything tests/test_browser.py asserts on.
+import { createRequire } from "node:module";
+import fs from "node:fs";
+import path from "node:path";
+
+const require = createRequire(import.meta.url);
+const { chromium } = require("playwright-core"); // resolved through NODE_PATH (cached node_modules)
+
+const [url, artifacts, imageName = "p3s_browser.png", W = "256", H = "192", clicksJson = "[]"] = process.argv.slice(2);
+const IMG_W = Number(W), IMG_H = Number(H);
+const clicks = JSON.parse(clicksJson); // [{x, y, button: "left"|"right"}] in image pixels
+fs.mkdirSync(artifacts, { recursive: true });
+const out = { steps: [], console: [], selects: [] };
+const t0 = Date.now();
+const step = (s) => out.steps.push([s, Date.now() - t0]);
+
+const browser = await chromium.launch({
+  executablePath: process.env.P3S_CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync"],
+});
+const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+page.on("console", (m) => { if (m.type() === "error" || /P3S/.test(m.text())) out.console.push(`${m.type()}: ${m.text()}`.slice(0, 400)); });
+page.on("pageerror", (e) => out.console.push(`pageerror: ${String(e).slice(0, 400)}`));
+page.on("response", async (r) => {
+  if (r.url().includes("/p3s/select")) out.selects.push(r.status());
+});
+
+async function shot(name) {
+  await page.screenshot({ path: path.join(artifacts, name) });
+}
+
+async function openUI() {
+  await page.goto(url, { waitUntil: "domcontentloaded" });
+  await page.waitForFunction(() => window.app?.graph && window.LiteGraph?.registered_node_types?.P3SPointPicker
+    && document.querySelector("canvas#graph-canvas"), null, { timeout: 60000 });
+  await page.waitForTimeout(500);
+}
+
+async function pickerInfo() {
+  return page.evaluate(() => {
+    const n = window.app.graph._nodes.find((x) => x.type === "P3SPointPicker");
+    if (!n) return null;
+    const p = n.p3sPicker;
+    const tw = n.widgets.find((w) => w.name === "points");
+    return {
+      id: n.id, value: tw?.value, textHidden: !!tw?.hidden,
+      image: p?.image ? [p.image.naturalWidth, p.image.naturalHeight] : null,
+      imageRef: p?.imageRef, points: p ? JSON.parse(JSON.stringify(p.points)) : null,
+      selectCount: p?.selectCount ?? 0, lastSelect: p?.lastSelect, overlayDrawn: !!p?.overlayDrawn,
+    };
+  });
+}
+
+try {
+  await openUI();
+  step("ui ready");
+  out.vueNodes = await page.evaluate(() => window.app.extensionManager?.setting?.get?.("Comfy.VueNodes.Enabled") ?? null);
+
+  // Build LoadImage -> P3SPointPicker -> MaskToImage -> PreviewImage.
+  out.pickerId = await page.evaluate((imageName) => {
+    const { app, LiteGraph } = window;
+    app.graph.clear();
+    const load = LiteGraph.createNode("LoadImage");
+    load.pos = [20, 60];
+    app.graph.add(load);
+    const picker = LiteGraph.createNode("P3SPointPicker");
+    picker.pos = [360, 60];
+    app.graph.add(picker);
+    picker.setSize([440, 520]);
+    const m2i = LiteGraph.createNode("MaskToImage");
+    m2i.pos = [830, 60];
+    app.graph.add(m2i);
+    const prev = LiteGraph.createNode("PreviewImage");
+    prev.pos = [830, 200];
+    app.graph.add(prev);
+    load.connect(0, picker, 0);
+    picker.connect(1, m2i, 0);
+    m2i.connect(0, prev, 0);
+    const combo = load.widgets.find((w) => w.name === "image");
+    if (!combo.options.values.includes(imageName)) combo.options.values.push(imageName);
+    combo.value = imageName;
+    combo.callback?.(imageName);
+    app.canvas.ds.scale = 1;
+    app.canvas.ds.offset = [80, 60];
+    app.graph.setDirtyCanvas(true, true);
+    return picker.id;
+  }, imageName);
+  step("graph built");
+
+  await page.waitForFunction((dims) => {
+    const n = window.app.graph._nodes.find((x) => x.type === "P3SPointPicker");
+    const im = n?.p3sPicker?.image;
+    return im && im.naturalWidth === dims[0] && im.naturalHeight === dims[1];
+  }, [IMG_W, IMG_H], { timeout: 20000 });
+  await page.waitForTimeout(400); // DOM layer positions the widget on the next frames
+  step("image shown");
+  out.before = await pickerInfo();
+
+  await page.waitForFunction((id) => document.querySelector(`canvas[data-p3s-node="${id}"]`), out.pickerId, { timeout: 5000 });
+  const canvas = page.locator(`canvas[data-p3s-node="${out.pickerId}"]`);
+  const box = await canvas.boundingBox();
+  out.canvasBox = box;
+  for (const c of clicks) {
+    const x = box.x + (c.x / IMG_W) * box.width, y = box.y + (c.y / IMG_H) * box.height;
+    await page.mouse.click(x, y, { button: c.button || "left" });
+    await page.waitForTimeout(120);
+  }
+  step("clicked");
+  // The debounced preview: wait until the route answered for the final points and the overlay is drawn.
+  await page.waitForFunction((n) => {
+    const node = window.app.graph._nodes.find((x) => x.type === "P3SPointPicker");
+    const p = node?.p3sPicker;
+    return p && p.overlayDrawn && p.lastSelect?.ok && p.overlayFor === node.widgets.find((w) => w.name === "points").value
+      && (p.points.positive.length + p.points.negative.length) === n;
+  }, clicks.length, { timeout: 20000 });
+  step("overlay drawn");
+  out.after = await pickerInfo();
+  // Pixels of the drawn canvas at given image positions (overlay tint check).
+  out.pixels = await page.evaluate(([id, probes]) => {
+    const c = document.querySelector(`canvas[data-p3s-node="${id}"]`);
+    const n = window.app.graph._nodes.find((x) => x.type === "P3SPointPicker");
+    const im = n.p3sPicker.image;
+    const ctx = c.getContext("2d");
+    return probes.map(([x, y]) => Array.from(ctx.getImageData(Math.round(x / im.naturalWidth * c.width),
+      Math.round(y / im.naturalHeight * c.height), 1, 1).data));
+  }, [out.pickerId, JSON.parse(process.env.P3S_PROBES || "[]")]);
+  await shot("picker_points.png");
+
+  // Export (API) path: what the frontend would queue.
+  out.apiPrompt = await page.evaluate(async () => (await window.app.graphToPrompt()).output);
+  const saved = await page.evaluate(() => JSON.stringify(window.app.graph.serialize()));
+
+  // Reload: the frontend restores the workflow it persisted; fall back to loading the serialised one.
+  await page.waitForTimeout(1200); // let the change tracker persist the edit
+  await page.reload({ waitUntil: "domcontentloaded" });
+  await openUI();
+  let restored = await page.evaluate(() => !!window.app.graph._nodes.find((x) => x.type === "P3SPointPicker"));
+  out.reloadRestoredFromStorage = restored;
+  if (!restored) {
+    await page.evaluate((s) => window.app.loadGraphData(JSON.parse(s)), saved);
+  }
+  await page.waitForFunction(() => {
+    const n = window.app.graph._nodes.find((x) => x.type === "P3SPointPicker");
+    return n?.p3sPicker?.image && n.p3sPicker.overlayDrawn;
+  }, null, { timeout: 20000 });
+  step("reloaded");
+  out.reloaded = await pickerInfo();
+  await shot("picker_reloaded.png");
+
+  // Queue it: the backend gets the points of the widget.
+  const res = await page.evaluate(async () => {
+    const r = await window.app.queuePrompt(0, 1);
+    return r ?? null;
+  });
+  step("queued");
+  const t1 = Date.now();
+  let entry = null;
+  while (Date.now() - t1 < 60000) {
+    const hist = await page.evaluate(async () => (await fetch("/api/history?max_items=5")).json());
+    const ids = Object.keys(hist);
+    const done = ids.map((k) => hist[k]).find((h) => h.status?.completed !== undefined
+      && Object.values(h.prompt?.[2] || {}).some((n) => n.class_type === "P3SPointPicker"));
+    if (done) { entry = done; break; }
+    await page.waitForTimeout(300);
+  }
+  step("executed");
+  if (entry) {
+    const prompt = entry.prompt[2];
+    const pid = Object.keys(prompt).find((k) => prompt[k].class_type === "P3SPointPicker");
+    out.history = { status: entry.status?.status_str, points: prompt[pid].inputs.points,
+      pickerOutputs: entry.outputs?.[pid] ?? null, pickerId: pid };
+  }
+  // the executed preview reaches the widget (onExecuted)
+  await page.waitForFunction(() => {
+    const n = window.app.graph._nodes.find((x) => x.type === "P3SPointPicker");
+    return !!n?.p3sPicker?.executedRef;
+  }, null, { timeout: 10000 }).then(() => { out.executedRefSeen = true; }, () => { out.executedRefSeen = false; });
+  await shot("picker_executed.png");
+  out.ok = true;
+} catch (e) {
+  out.ok = false;
+  out.error = String(e?.stack || e).slice(0, 3000);
+  try { await shot("picker_failure.png"); } catch {}
+} finally {
+  out.totalMs = Date.now() - t0;
+  await browser.close();
+  console.log("P3S_RESULT " + JSON.stringify(out));
+}
