@@ -148,3 +148,165 @@ def test_applied_weight_follows_the_schedule(env, monkeypatch, preset, low, high
             assert math.isclose(next(iter(got)), want, rel_tol=1e-4), (s, progress, got, want)
             checked += 1
     assert checked >= 2
+
+
+def _counting(counter, name, replace=False):
+    if replace:
+        def attn2_replace(q, k, v, extra):
+            counter[name] = counter.get(name, 0) + 1
+            from comfy.ldm.modules.attention import optimized_attention
+            return optimized_attention(q, k, v, extra["n_heads"])
+        return attn2_replace
+
+    def attn1_patch(n, ctx, val, extra):
+        counter[name] = counter.get(name, 0) + 1
+        return n, ctx, val
+    return attn1_patch
+
+
+def _with_foreign(model, counter, tag):
+    m = model.clone()
+    m.set_model_attn1_patch(_counting(counter, f"attn1_{tag}"))
+    # an attn2 replace is one slot per block: the two packs use different blocks, as real packs do
+    blocks = (("input", 1), ("middle", 0)) if tag == "before" else (("input", 3), ("output", 1))
+    for block in blocks:
+        m.set_model_attn2_replace(_counting(counter, f"attn2_{tag}", replace=True), block[0], block[1])
+    return m
+
+
+def test_p3s_composes_with_foreign_patches_before_and_after(env):
+    counter = {}
+    before = _with_foreign(env.model, counter, "before")
+    patched = apply(env, model=before)[0]
+    after = _with_foreign(patched, counter, "after")
+    out = sample(env, after)
+    for name in ("attn1_before", "attn2_before", "attn1_after", "attn2_after"):
+        assert counter.get(name, 0) > 0, f"{name} never ran: {counter}"
+    # P3S still injects with the foreign patches present
+    counter_plain = {}
+    plain = sample(env, _with_foreign(_with_foreign(env.model, counter_plain, "before"), counter_plain, "after"))
+    assert (out - plain).abs().max().item() > 1e-3
+
+
+def test_input_model_is_never_modified_and_two_applies_do_not_interfere(env):
+    plain = sample(env, env.model)
+    options_before = repr(env.model.model_options)
+    wrappers_before = repr(env.model.wrappers)
+    a_model = apply(env, subject=0)[0]
+    b_model = apply(env, subject=1, reference=env.image.flip(1)[None], mask=env.masks[1:].float().flip(-1))[0]
+    assert repr(env.model.model_options) == options_before and repr(env.model.wrappers) == wrappers_before
+    assert (sample(env, env.model) - plain).abs().max().item() == 0
+    a1 = sample(env, a_model)
+    b1 = sample(env, b_model)
+    a2 = sample(env, a_model)
+    assert (a1 - a2).abs().max().item() <= 1e-6  # b's run left nothing behind in a
+    assert (a1 - b1).abs().max().item() > 1e-3
+    # chained: two subjects on one MODEL both inject
+    chained = apply(env, model=a_model, subject=1)[0]
+    c = sample(env, chained)
+    assert (c - a1).abs().max().item() > 1e-3
+
+
+class _Boom(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("how", ["normal", "exception", "interrupt"])
+def test_bank_is_freed_after_sampling_errors_and_interrupts(env, how):
+    import comfy.model_management as mm
+    patched = apply(env, reference_mode="cached")[0].clone()
+    patch_obj = next(p for p in patched.model_options["transformer_options"]["patches"]["attn1_patch"]
+                     if hasattr(p, "__self__") and hasattr(p.__self__, "bank")).__self__
+    seen = {"calls": 0, "bank": 0}
+
+    def probe(n, ctx, val, extra):
+        if "read" in extra.get("p3s", {}).values():
+            seen["calls"] += 1
+            seen["bank"] = max(seen["bank"], len(patch_obj.bank))
+            if seen["calls"] == 6:
+                if how == "exception":
+                    raise _Boom("foreign patch failed")
+                if how == "interrupt":
+                    mm.interrupt_current_processing(True)
+                    mm.throw_exception_if_processing_interrupted()
+        return n, ctx, val
+    patched.set_model_attn1_patch(probe)
+    if how == "normal":
+        sample(env, patched)
+    else:
+        with pytest.raises(_Boom if how == "exception" else mm.InterruptProcessingException):
+            sample(env, patched)
+    mm.interrupt_current_processing(False)
+    assert seen["bank"] > 0  # the bank was filled while sampling
+    assert len(patch_obj.bank) == 0 and patch_obj.bank.nbytes() == 0
+    assert not env.patch_mod._PENDING
+
+
+def test_cfg_batch_broadcast_and_uncond_option(env):
+    for cfg in (1.0, 5.0):
+        plain = sample(env, env.model, cfg=cfg, batch=2)
+        out = sample(env, apply(env)[0], cfg=cfg, batch=2)
+        assert out.shape[0] == 2
+        for row in range(2):  # a reference batch of 1 reaches every latent of the batch
+            assert (out[row] - plain[row]).abs().max().item() > 1e-3, (cfg, row)
+    off = sample(env, apply(env, uncond_sees_reference=False)[0], cfg=5.0)
+    on = sample(env, apply(env, uncond_sees_reference=True)[0], cfg=5.0)
+    assert (off - on).abs().max().item() > 1e-3
+    # at cfg 1 there is no unconditional pass, so the option cannot matter
+    off1 = sample(env, apply(env, uncond_sees_reference=False)[0], cfg=1.0)
+    on1 = sample(env, apply(env, uncond_sees_reference=True)[0], cfg=1.0)
+    assert (off1 - on1).abs().max().item() <= 1e-6
+
+
+def test_per_latent_references_and_batch_mismatch(env):
+    refs = torch.stack([env.image, env.image.flip(1)])
+    masks = torch.stack([env.masks[0], env.masks[0].flip(-1)]).float()
+    out = sample(env, apply(env, reference=refs, mask=masks)[0], batch=2)
+    assert out.shape[0] == 2
+    bad = apply(env, reference=refs, mask=masks)[0]
+    with pytest.raises(ValueError, match="P3S: the reference batch has 2 images but the latent batch has 3"):
+        sample(env, bad, batch=3)
+
+
+def test_sdxl_shaped_model_runs(env):
+    tiny = env.host.tiny
+    model = tiny.make_sdxl_patcher()
+    pos, neg = tiny.text_cond(pooled=True, seed=1), tiny.text_cond(pooled=True, seed=2)
+    plain = sample(env, model, pos=pos, neg=neg)
+    patched = apply(env, model=model)[0]
+    out = sample(env, patched, pos=pos, neg=neg)
+    assert (out - plain).abs().max().item() > 1e-3
+    zero = apply(env, model=model, weight=0.0)[0]
+    assert (sample(env, zero, pos=pos, neg=neg) - plain).abs().max().item() <= 1e-6
+    layers = env.host.pack("nodes.models").transformer_layers(model)
+    assert any(k.endswith(".1") for k, _ in layers)  # depth-2 blocks are keyed per transformer block
+
+
+@pytest.mark.parametrize("case", ["empty_mask", "no_vae", "unsupported", "no_points", "bad_mode"])
+def test_bad_input_is_refused_clearly_and_model_left_unpatched(env, case):
+    model = env.host.tiny.make_unsupported_patcher() if case == "unsupported" else env.model
+    before = (repr(model.model_options), repr(model.wrappers))
+    kw = {}
+    if case == "empty_mask":
+        kw["mask"] = torch.zeros(1, 64, 64)
+    if case == "no_points":
+        kw["mask"] = None
+    if case == "bad_mode":
+        kw["reference_mode"] = "sometimes"
+    messages = {"empty_mask": "P3S: mask: mask 0 is empty", "no_vae": "P3S: vae: no VAE is connected",
+                "unsupported": "P3S: model: the MODEL is TinySD20.*SD1.5 and SDXL",
+                "no_points": "P3S: points: connect P3S_POINTS", "bad_mode": "P3S: reference_mode='sometimes'"}
+    with pytest.raises(ValueError, match=messages[case]):
+        with torch.inference_mode():
+            if case == "no_vae":
+                env.Apply.execute(model, None, env.image[None], 1.0, 0.0, 1.0, mask=env.masks[:1].float())
+            else:
+                kw.setdefault("mask", env.masks[:1].float())
+                env.Apply.execute(model, env.vae, env.image[None], 1.0, 0.0, 1.0, **kw)
+    assert (repr(model.model_options), repr(model.wrappers)) == before
+
+
+def test_sampler_refuses_unpatched_model(env):
+    with pytest.raises(ValueError, match="P3S: model: this MODEL has no P3S patch"):
+        env.Sampler.execute(env.model, 1, 2, 5.0, "euler", "normal", env.pos, env.neg,
+                            {"samples": torch.zeros(1, 4, 8, 8)}, 1.0, "constant", 1.0, 1.0)

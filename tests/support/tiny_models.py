@@ -186,7 +186,8 @@ def text_cond(batch: int = 1, tokens: int = 77, seed: int = 1, pooled: bool = Fa
 
 def make_unsupported_patcher(seed: int = 0):
     """A tiny SD2.x-family U-Net: a real ComfyUI family that P3S does not support."""
-    cfg = comfy.supported_models.SD20(dict(TINY_UNET))
-    cfg.unet_extra_config = {"num_heads": 4, "num_head_channels": -1}
+    class TinySD20(comfy.supported_models.SD20):
+        unet_extra_config = {"num_heads": 4, "num_head_channels": -1}
+    cfg = TinySD20(dict(TINY_UNET))
     cfg.set_inference_dtype(torch.float32, torch.float32)
     return _patcher(cfg, TINY_UNET, seed)
