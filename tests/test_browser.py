@@ -99,8 +99,23 @@ def test_live_overlay_from_route(browser_run):
     assert bg[2] < 200, out["pixels"]
 
 
+def test_drag_delete_undo_and_typed_json(browser_run):
+    out, clicks = browser_run["out"], browser_run["clicks"]
+    x, y = clicks[1]["x"], clicks[1]["y"]
+    moved = out["dragged"]["positive"][1]
+    assert abs(moved["x"] - x) <= 3 and abs(moved["y"] - (y + 50)) <= 3, out["dragged"]
+    assert len(out["dragged"]["positive"]) == 2 and len(out["dragged"]["negative"]) == 1
+    assert len(out["deleted"]["positive"]) == 1 and out["deleted"]["positive"][0] == out["dragged"]["positive"][0]
+    assert out["undo1"] == out["dragged"]
+    _assert_points(json.dumps(out["undo2"]), clicks)
+    # hand-typed KJNodes list: the canvas shows it in the image's pixels; restoring the text restores the points
+    assert out["typed"]["seen"]["positive"] == [{"x": 10, "y": 20}] and out["typed"]["seen"]["width"] == W
+    assert out["typed"]["restored"] == json.loads(out["after"]["value"])
+
+
 def test_points_survive_reload(browser_run):
     out, clicks = browser_run["out"], browser_run["clicks"]
+    assert out["reloadRestoredFromStorage"], out.get("storedBeforeReload")  # the frontend's own persistence
     assert out["reloaded"]["value"] == out["after"]["value"]
     _assert_points(out["reloaded"]["value"], clicks)
     assert out["reloaded"]["image"] == [W, H]

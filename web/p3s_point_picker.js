@@ -198,6 +198,13 @@ class PointPicker {
     }
     this.node.setDirtyCanvas?.(true, false);
     this.node.graph?.change?.();
+    // Tell the frontend's change tracker now (undo history + the workflow persisted for reloads); it would
+    // otherwise only notice on the next mouseup/keydown. Optional: absent on other frontends.
+    try {
+      app.extensionManager?.workflow?.activeWorkflow?.changeTracker?.checkState?.();
+    } catch (e) {
+      console.debug("P3S: change tracker not reachable", e);
+    }
   }
 
   edit(fn) {
@@ -454,7 +461,8 @@ class PointPicker {
   }
 
   onDown(e) {
-    e.preventDefault();
+    // No preventDefault here: it would suppress the compatibility mouseup that the frontend's change
+    // tracker listens to (undo history and the workflow persisted for page reloads).
     e.stopPropagation();
     if (!this.image || (e.button !== 0 && e.button !== 2)) return;
     const p = this.toImage(e);

@@ -130,15 +130,61 @@ try {
   }, [out.pickerId, JSON.parse(process.env.P3S_PROBES || "[]")]);
   await shot("picker_points.png");
 
+  // Drag moves a point, a click on a point deletes it, Undo brings both back.
+  const at = (x, y) => [box.x + (x / IMG_W) * box.width, box.y + (y / IMG_H) * box.height];
+  const value = () => page.evaluate(() => JSON.parse(window.app.graph._nodes
+    .find((x) => x.type === "P3SPointPicker").widgets.find((w) => w.name === "points").value));
+  const p2 = clicks.filter((c) => (c.button || "left") === "left")[1];
+  if (p2) {
+    const [sx, sy] = at(p2.x, p2.y), [ex, ey] = at(p2.x, p2.y + 50);
+    await page.mouse.move(sx, sy);
+    await page.mouse.down();
+    await page.mouse.move((sx + ex) / 2, (sy + ey) / 2, { steps: 4 });
+    await page.mouse.move(ex, ey, { steps: 4 });
+    await page.mouse.up();
+    out.dragged = await value();
+    await page.mouse.click(ex, ey);
+    out.deleted = await value();
+    const undo = page.locator(".p3s-picker-bar button", { hasText: "Undo" });
+    await undo.click();
+    out.undo1 = await value();
+    await undo.click();
+    out.undo2 = await value();
+    await page.waitForFunction(() => {
+      const n = window.app.graph._nodes.find((x) => x.type === "P3SPointPicker");
+      return n.p3sPicker.overlayFor === n.widgets.find((w) => w.name === "points").value && n.p3sPicker.overlayDrawn;
+    }, null, { timeout: 10000 });
+    step("drag/delete/undo");
+  }
+  // Typing JSON into the (hidden) text widget still drives the canvas.
+  out.typed = await page.evaluate(async () => {
+    const n = window.app.graph._nodes.find((x) => x.type === "P3SPointPicker");
+    const w = n.widgets.find((x) => x.name === "points");
+    const keep = w.value;
+    w.value = '[{"x": 10, "y": 20}]';
+    await new Promise((r) => setTimeout(r, 700));
+    const seen = JSON.parse(JSON.stringify(n.p3sPicker.points));
+    w.value = keep;
+    await new Promise((r) => setTimeout(r, 700));
+    return { seen, restored: JSON.parse(JSON.stringify(n.p3sPicker.points)) };
+  });
+
   // Export (API) path: what the frontend would queue.
   out.apiPrompt = await page.evaluate(async () => (await window.app.graphToPrompt()).output);
   const saved = await page.evaluate(() => JSON.stringify(window.app.graph.serialize()));
 
   // Reload: the frontend restores the workflow it persisted; fall back to loading the serialised one.
   await page.waitForTimeout(1200); // let the change tracker persist the edit
+  out.storedBeforeReload = await page.evaluate(() => {
+    const t = (s) => { try { return JSON.parse(s).nodes.map((n) => n.type); } catch { return null; } };
+    const cid = sessionStorage.getItem("clientId");
+    return { local: t(localStorage.getItem("workflow")), session: t(sessionStorage.getItem(`workflow:${cid}`)) };
+  });
   await page.reload({ waitUntil: "domcontentloaded" });
   await openUI();
-  let restored = await page.evaluate(() => !!window.app.graph._nodes.find((x) => x.type === "P3SPointPicker"));
+  out.storageKeys = await page.evaluate(() => [Object.keys(localStorage), Object.keys(sessionStorage)]);
+  const restored = await page.waitForFunction(() => !!window.app.graph._nodes.find((x) => x.type === "P3SPointPicker"),
+    null, { timeout: 6000 }).then(() => true, () => false);
   out.reloadRestoredFromStorage = restored;
   if (!restored) {
     await page.evaluate((s) => window.app.loadGraphData(JSON.parse(s)), saved);
