@@ -134,5 +134,14 @@ def test_queued_prompt_gets_the_same_points(browser_run):
     assert out["executedRefSeen"]
 
 
+def test_drop_uploads_to_input_and_remove_cleans_up(browser_run, server):
+    out = browser_run["out"]
+    assert out["dropped"]["pickerRef"] == {"filename": "p3s_dropped.png", "subfolder": "", "type": "input"}
+    assert out["dropped"]["loadImageValue"] == "p3s_dropped.png"  # the backend uses the dropped image too
+    assert not out["dropped"]["workflowHasBase64"]
+    assert (server.base / "input" / "p3s_dropped.png").is_file()
+    assert out["removed"] == {"disposed": True, "attached": False, "listeners": 0}
+
+
 def test_browser_suite_is_fast(browser_run):
     assert browser_run["elapsed"] < 180, browser_run["elapsed"]

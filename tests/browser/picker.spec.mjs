@@ -226,6 +226,34 @@ try {
     return !!n?.p3sPicker?.executedRef;
   }, null, { timeout: 10000 }).then(() => { out.executedRefSeen = true; }, () => { out.executedRefSeen = false; });
   await shot("picker_executed.png");
+
+  // Drop an image file onto the widget: uploaded to input/ and selected in the connected Load Image.
+  out.dropped = await page.evaluate(async (imageName) => {
+    const blob = await (await fetch(`/api/view?filename=${encodeURIComponent(imageName)}&type=input`)).blob();
+    const dt = new DataTransfer();
+    dt.items.add(new File([blob], "p3s_dropped.png", { type: "image/png" }));
+    const n = window.app.graph._nodes.find((x) => x.type === "P3SPointPicker");
+    const wrap = n.p3sPicker.root.querySelector(".p3s-picker-wrap");
+    wrap.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
+    const t = Date.now();
+    while (Date.now() - t < 10000) {
+      if (n.p3sPicker.imageRef?.filename === "p3s_dropped.png") break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const load = window.app.graph._nodes.find((x) => x.type === "LoadImage");
+    return { loadImageValue: load.widgets.find((w) => w.name === "image").value, pickerRef: n.p3sPicker.imageRef,
+      workflowHasBase64: JSON.stringify(window.app.graph.serialize()).includes("base64") };
+  }, imageName);
+  step("dropped");
+
+  // Removing the node disposes the widget (element detached, polling stopped).
+  out.removed = await page.evaluate(async () => {
+    const n = window.app.graph._nodes.find((x) => x.type === "P3SPointPicker");
+    const p = n.p3sPicker;
+    window.app.graph.remove(n);
+    await new Promise((r) => setTimeout(r, 200));
+    return { disposed: p.disposed, attached: document.contains(p.root), listeners: p.listeners.length };
+  });
   out.ok = true;
 } catch (e) {
   out.ok = false;
