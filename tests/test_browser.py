@@ -42,7 +42,9 @@ def _requirements():
 def browser_run(server):
     missing = _requirements()
     if missing:
-        pytest.skip("browser test needs " + ", ".join(missing) + ": run scripts/setup_browser.sh")
+        # In CI (.ci/run installs them) a missing browser is a failure, not a silent skip.
+        report = pytest.fail if os.environ.get("CI") else pytest.skip
+        report("browser test needs " + ", ".join(missing) + ": run scripts/setup_browser.sh")
     image, masks, centers = scenes.two_subjects(W, H, seed=3)
     scenes.save_png(image, server.base / "input" / "p3s_browser.png")
     status, body = server.request("POST", "/api/settings", {"Comfy.TutorialCompleted": True,
