@@ -1,0 +1,160 @@
+"""Time and peak memory of P3S injection vs plain sampling on a U-Net with the real SD1.5 shapes.
+
+Random weights (no download), ComfyUI's own classes and sampler, cfg 7. Prints one line per mode and
+ends with:  ratio per_step=1.62x cached=1.18x memory_per_step=1.10x memory_cached=1.05x
+
+    python bench/overhead.py [--latent 32] [--steps 3] [--repeats 2] [--device cpu|cuda]
+
+Run it with the host's python (scripts/setup_host.sh): ~/.cache/p3s/host/venv/bin/python.
+On CPU, peak memory is the process RSS sampled every 2 ms (weights included); on CUDA it is
+torch.cuda.max_memory_allocated.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+HOST_DIR = Path(os.environ.get("P3S_HOST_DIR", Path.home() / ".cache" / "p3s" / "host"))
+COMFYUI_DIR = Path(os.environ.get("COMFYUI_DIR", HOST_DIR / "ComfyUI"))
+
+
+def _load_host(device: str):
+    sys.path.insert(0, str(COMFYUI_DIR))
+    import comfy.options
+    comfy.options.enable_args_parsing(False)
+    from comfy.cli_args import args
+    args.cpu = device == "cpu"
+    import utils.extra_config  # noqa: F401  (ComfyUI import-order quirk: before `nodes`)
+    import nodes  # noqa: F401
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("p3s_pack", REPO / "__init__.py",
+                                                  submodule_search_locations=[str(REPO)])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules["p3s_pack"] = pack
+    spec.loader.exec_module(pack)
+    import importlib
+    return importlib.import_module("p3s_pack.nodes.patch")
+
+
+class PeakMemory:
+    def __init__(self, device: str):
+        self.device, self.peak, self._stop = device, 0, False
+
+    def __enter__(self):
+        import torch
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            import psutil
+            proc = psutil.Process()
+            self.peak = proc.memory_info().rss
+
+            def poll():
+                while not self._stop:
+                    self.peak = max(self.peak, proc.memory_info().rss)
+                    time.sleep(0.002)
+            self._t = threading.Thread(target=poll, daemon=True)
+            self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self._stop = True
+            self._t.join()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--latent", type=int, default=32, help="latent side (32 = 256 px, 64 = 512 px)")
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2, help="timed runs per mode (the best is kept)")
+    ap.add_argument("--device", default="cuda" if __import__("torch").cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default=None, help="float32 (CPU default) or float16 (CUDA default)")
+    a = ap.parse_args()
+    import torch
+    torch.manual_seed(0)
+    patch_mod = _load_host(a.device)
+    import comfy.model_base
+    import comfy.model_detection
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.sample
+    import comfy.supported_models
+    dtype = getattr(torch, a.dtype) if a.dtype else (torch.float16 if a.device == "cuda" else torch.float32)
+    unet = comfy.model_detection.convert_config  # noqa: F841 (kept: documents where the config comes from)
+    cfg = {'use_checkpoint': False, 'image_size': 32, 'out_channels': 4, 'use_spatial_transformer': True,
+           'legacy': False, 'adm_in_channels': None, 'in_channels': 4, 'model_channels': 320,
+           'num_res_blocks': [2, 2, 2, 2], 'transformer_depth': [1, 1, 1, 1, 1, 1, 0, 0],
+           'channel_mult': [1, 2, 4, 4], 'transformer_depth_middle': 1, 'use_linear_in_transformer': False,
+           'context_dim': 768, 'num_heads': 8, 'transformer_depth_output': [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+           'use_temporal_attention': False, 'use_temporal_resblock': False}
+    mc = comfy.supported_models.SD15(cfg)
+    mc.set_inference_dtype(dtype, None)
+    t0 = time.time()
+    dev = torch.device(a.device)
+    model = comfy.model_base.BaseModel(mc, device=dev)
+    with torch.no_grad():
+        for p in model.diffusion_model.parameters():  # random weights, scaled to keep activations sane
+            if p.ndim <= 1:
+                p.fill_(1.0 if p.shape and p.shape[0] > 0 else 0.0)
+            else:
+                p.normal_(0, 1.0 / max(1, p[0].numel()) ** 0.5)
+    model.diffusion_model.to(dev, dtype)
+    mp = comfy.model_patcher.ModelPatcher(model, load_device=dev, offload_device=dev)
+    print(f"model: SD1.5 shapes, {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params, {dtype}, "
+          f"{a.device}, built in {time.time() - t0:.1f}s; latent {a.latent}x{a.latent}, cfg 7, {a.steps} steps")
+
+    g = torch.Generator().manual_seed(1)
+    pos = [[torch.randn(1, 77, 768, generator=g), {}]]
+    neg = [[torch.randn(1, 77, 768, generator=g), {}]]
+    latent = torch.zeros(1, 4, a.latent, a.latent)
+    ref = torch.randn(1, 4, a.latent, a.latent, generator=g)
+    mask = torch.zeros(1, a.latent, a.latent)
+    mask[:, a.latent // 4: 3 * a.latent // 4, a.latent // 8: a.latent // 2] = 1.0  # one subject, ~1/4 of the image
+
+    def variant(mode):
+        if mode == "plain":
+            return mp
+        m = mp.clone()
+        patch_mod.P3SPatch(reference_latent=ref, mask=mask, weight=1.0, start_percent=0.0, end_percent=1.0,
+                           mode=mode).install(m)
+        return m
+
+    def run(m):
+        noise = comfy.sample.prepare_noise(latent, 0)
+        with torch.inference_mode():
+            return comfy.sample.sample(m, noise, a.steps, 7.0, "euler", "normal", pos, neg, latent,
+                                       disable_pbar=True, seed=0)
+
+    run(variant("plain"))  # warm-up: loads the model, allocator, kernels
+    results = {}
+    for mode in ("plain", "per_step", "cached"):
+        m = variant(mode)
+        best, peak = float("inf"), 0
+        for _ in range(a.repeats):
+            with PeakMemory(a.device) as pm:
+                t = time.perf_counter()
+                run(m)
+                if a.device == "cuda":
+                    torch.cuda.synchronize()
+                best = min(best, time.perf_counter() - t)
+            peak = max(peak, pm.peak)
+        results[mode] = (best, peak)
+        print(f"{mode:9s} {best:8.2f} s   peak {peak / 2**20:9.0f} MiB")
+    p_t, p_m = results["plain"]
+    print(f"ratio per_step={results['per_step'][0] / p_t:.2f}x cached={results['cached'][0] / p_t:.2f}x "
+          f"memory_per_step={results['per_step'][1] / p_m:.2f}x memory_cached={results['cached'][1] / p_m:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
