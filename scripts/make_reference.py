@@ -6,6 +6,7 @@ project may ship the picture (MIT, like the code). Deterministic for a given --s
 
     python scripts/make_reference.py                 # writes assets/two_dogs.png + assets/two_dogs_masks.png
     python scripts/make_reference.py --out DIR
+    python scripts/make_reference.py --thumbnails    # example_workflows/*.jpg (needs torch: the host's python)
 
 assets/two_dogs_masks.png is a label image: 0 = background, 1 = left dog, 2 = right dog (values x 100
 so it is visible: 0 / 100 / 200). The example workflows' points sit on the left dog.
@@ -143,11 +144,63 @@ def make(seed: int = 7):
     return pil, labels
 
 
+THUMBS = {  # example -> (caption, how the subject is chosen)
+    "p3s_two_dogs_sd15": ("two dogs: pick one (SD1.5, training-free)", "points"),
+    "p3s_schedule_sampler_sd15": ("P3S Sampler: timestep weight schedule", "points"),
+    "p3s_adapter_sd15": ("with a trained P3S adapter + CLIP vision", "points"),
+    "p3s_sdxl": ("SDXL", "points"),
+    "p3s_interop_kjnodes_mask": ("KJNodes/SAM2 points, or a MASK", "mask"),
+}
+RECT = (60, 118, 150, 182)  # x, y, w, h of the rectangle mask in p3s_interop_kjnodes_mask.json
+
+
+def make_thumbnails(reference: Path, out_dir: Path) -> list[Path]:
+    """Composed previews from the pack's real selection code: [selection overlay | subject-only reference]."""
+    import sys
+
+    import torch
+    from PIL import ImageDraw
+    sys.path.insert(0, str(REPO))
+    from p3s_core.points import PointSet
+    from p3s_core.rngr import Selection, fill_outside, overlay, select_subject
+
+    img = torch.from_numpy(np.asarray(Image.open(reference).convert("RGB"), np.float32) / 255)
+    pts = PointSet.from_pixels(positive=LEFT_DOG_POINTS, negative=[RIGHT_DOG_POINT], width=W, height=H)
+    by_points = select_subject(img, pts)
+    rect = torch.zeros(H, W)
+    x, y, w, h = RECT
+    rect[y:y + h, x:x + w] = 1
+    by_mask = Selection(mask=rect, subject_image=fill_outside(img, rect), similarity=rect, base_mask=rect)
+    written = []
+    for name, (caption, how) in THUMBS.items():
+        sel = by_points if how == "points" else by_mask
+        panels = [overlay(img, sel), sel.subject_image]
+        tw, th = 256, 192
+        canvas = Image.new("RGB", (2 * tw + 6, th + 26), (24, 24, 28))
+        for i, p in enumerate(panels):
+            tile = Image.fromarray((p.clamp(0, 1).numpy() * 255).round().astype(np.uint8)).resize((tw, th), Image.LANCZOS)
+            canvas.paste(tile, (i * (tw + 6), 26))
+        d = ImageDraw.Draw(canvas)
+        d.text((6, 7), "P3S  |  " + caption, fill=(235, 235, 235))
+        d.text((tw + 12, 30), "subject-only reference", fill=(255, 255, 255))
+        d.text((6, 30), "points" if how == "points" else "MASK", fill=(255, 255, 255))
+        path = out_dir / f"{name}.jpg"
+        canvas.save(path, quality=85, optimize=True)
+        written.append(path)
+    return written
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(REPO / "assets"))
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--thumbnails", action="store_true",
+                    help="write example_workflows/*.jpg from assets/two_dogs.png instead")
     a = ap.parse_args()
+    if a.thumbnails:
+        for p in make_thumbnails(REPO / "assets" / "two_dogs.png", REPO / "example_workflows"):
+            print(p, p.stat().st_size, "bytes")
+        return
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     pil, labels = make(a.seed)
