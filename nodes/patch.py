@@ -13,6 +13,7 @@ Other packs' attn1/attn2 patches and replaces keep working: nothing here owns a 
 """
 from __future__ import annotations
 
+import copy
 import logging
 import uuid
 from dataclasses import dataclass
@@ -93,6 +94,7 @@ class P3SPatch:
         self.subject_tokens = subject_tokens  # [R, N, clip_width] masked CLIP tokens (adapter mode)
         self.subject_valid = subject_valid
         self.bank = injection.ReferenceBank()
+        self._moved = None  # (device, adapter copy) when the MODEL runs on another device
         self._reset_run()
 
     # Patches live in deep-copied model_options; sharing one object keeps the bank and state single.
@@ -108,6 +110,22 @@ class P3SPatch:
         self._weight = 0.0
         self._rows = None
         _PENDING.clear()
+
+    def adapter_on(self, device):
+        """The adapter on ``device``: itself when it is already there (training: gradients reach it),
+        else a cached copy (the loaded adapter is a cached node output and is never moved in place).
+        Its dtype is kept (fp32): ``apply_delta``/``reference_context`` cast activations to it and back."""
+        a = self.adapter
+        if a is None:
+            return None
+        p = next(a.parameters(), None)
+        if p is None or p.device == torch.device(device):
+            return a
+        if self._moved is None or self._moved[0] != torch.device(device):
+            moved = copy.deepcopy(a).to(device)
+            moved.requires_grad_(False)
+            self._moved = (torch.device(device), moved)
+        return self._moved[1]
 
     # ---- installation -------------------------------------------------------------------------
     def install(self, model) -> None:
@@ -190,9 +208,10 @@ class P3SPatch:
         x_ref = ms.noise_scaling(ref_sigma, self._noise, latent)
         src = src.to(x.device)
         ctx = c_crossattn.index_select(0, src) if c_crossattn is not None else None
-        if self.adapter is not None and ctx is not None:
-            ctx = self.adapter.reference_context(ctx, self.subject_tokens.to(ctx.device),
-                                                 self.subject_valid.to(ctx.device))
+        adapter = self.adapter_on(x.device)
+        if adapter is not None and ctx is not None:
+            ctx = adapter.reference_context(ctx, self.subject_tokens.to(ctx.device),
+                                            self.subject_valid.to(ctx.device))
         concat = c_concat.index_select(0, src) if c_concat is not None else None
         extra = {k: (v.index_select(0, src) if torch.is_tensor(v) and v.shape[:1] == x.shape[:1] else v)
                  for k, v in kwargs.items()}
@@ -218,9 +237,10 @@ class P3SPatch:
             return n, context, value
         key = injection.layer_key(extra_options["block"], extra_options.get("block_index", 0))
         if mode == "write":
-            if self.adapter is not None and self.adapter.has_layer(key):
+            adapter = self.adapter_on(n.device)
+            if adapter is not None and adapter.has_layer(key):
                 same = context is n
-                n = self.adapter.apply_delta(key, n)
+                n = adapter.apply_delta(key, n)
                 if same:
                     context = value = n
             shape = extra_options["original_shape"]
