@@ -290,7 +290,7 @@ def save_checkpoint(path: str | os.PathLike, adapter: P3SAdapter, optimizer: tor
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": CHECKPOINT_FORMAT, "version": 1, "step": int(step),
-        "history": [{k: float(v) for k, v in h.items()} for h in history],
+        "history": [{k: (int(v) if k == "step" else float(v)) for k, v in h.items()} for h in history],
         "spec": adapter.spec.to_metadata(), "adapter": adapter_state_dict(adapter),
         "optimizer": optimizer.state_dict(),
         "rng": {"generator": generator.get_state(), "torch": torch.get_rng_state(),

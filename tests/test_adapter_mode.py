@@ -1,0 +1,325 @@
+"""Adapter mode end to end in the real host: P3S Load Adapter, P3S Apply with an adapter, training with the
+Attention Consistency Loss (scripts/train_adapter.py + p3s_core.training), resume, and refusals (tiny models, CPU).
+"""
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import host as host_support
+import scenes
+
+REPO = Path(__file__).resolve().parents[1]
+SIDE = 64
+STEPS = 50
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("p3s_train_adapter", REPO / "scripts" / "train_adapter.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _write_dataset(root: Path, seeds, with_points: bool = True) -> Path:
+    from PIL import Image
+    for sub in ("images", "captions", "masks", "points"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for n, seed in enumerate(seeds):
+        image, masks, centers = scenes.two_subjects(SIDE, SIDE, seed=seed)
+        stem = f"scene{seed}"
+        scenes.save_png(image, root / "images" / f"{stem}.png")
+        (root / "captions" / f"{stem}.txt").write_text("a dog on the grass\n")
+        subject = n % 2
+        if with_points and n == 0:  # one sample clicked by a user: points file instead of a mask
+            cx, cy = centers[subject]
+            (root / "points" / f"{stem}.json").write_text(json.dumps(
+                {"width": SIDE, "height": SIDE, "positive": [{"x": cx, "y": cy}], "negative": []}))
+        else:
+            Image.fromarray((masks[subject].numpy() * 255).astype(np.uint8)).save(root / "masks" / f"{stem}.png")
+    return root
+
+
+class Env:
+    pass
+
+
+@pytest.fixture(scope="module")
+def env(host, tmp_path_factory):
+    e = Env()
+    e.host, e.N = host, host.nodes
+    e.ta = _load_script()
+    e.pack = e.ta.load_pack()
+    e.training = e.ta.pack_module(e.pack, "p3s_core.training")
+    e.adapter_mod = e.ta.pack_module(e.pack, "p3s_core.adapter")
+    e.tmp = tmp_path_factory.mktemp("adapter_mode")
+    e.data = _write_dataset(e.tmp / "data", range(6))
+    e.heldout = _write_dataset(e.tmp / "heldout", (20, 21, 22), with_points=False)
+    e.ckpt = host.base / "models" / "checkpoints" / "tiny_sd15.safetensors"
+    e.cv_path = host.base / "models" / "clip_vision" / "tiny_clip_vision.safetensors"
+    model, clip, vae, cv = e.ta.load_models(str(e.ckpt), str(e.cv_path))  # outside inference_mode: trainable
+    e.backend = e.ta.make_backend(e.pack, model, clip, vae, cv, resolution=SIDE, selection_features="builtin")
+    e.dataset = e.training.SubjectDataset(e.data, SIDE)
+    e.runs = {}
+    threads = torch.get_num_threads()
+    # One thread: the tiny model gains little from two, and a single thread does not thrash when other
+    # processes share the CPU (OpenMP barriers of many tiny ops under oversubscription).
+    torch.set_num_threads(1)
+    yield e
+    torch.set_num_threads(threads)
+    e.backend.close()
+
+
+def _config(e, **kw):
+    base = dict(steps=STEPS, batch_size=2, lr=1e-2, rank=4, acl_weight=0.0, seed=0)
+    base.update(kw)
+    return e.training.TrainConfig(**base)
+
+
+def _run(e, name, **kw):
+    """Train once per name (the runs are shared by several tests)."""
+    if name not in e.runs:
+        cfg = _config(e, **{k: v for k, v in kw.items() if k != "resume"})
+        out = e.tmp / f"{name}.safetensors"
+        e.runs[name] = (cfg, e.training.train(e.backend, e.dataset, cfg, out, progress=False, resume=kw.get("resume")))
+    return e.runs[name]
+
+
+# ---- (a) a fresh adapter changes nothing ---------------------------------------------------------------
+def _nodes(e):
+    N = e.N.NODE_CLASS_MAPPINGS
+    return N["P3SApply"], N["P3SLoadAdapter"]
+
+
+def _host_models(e):
+    if not hasattr(e, "m"):
+        with torch.inference_mode():
+            e.m, e.clip, e.vae = e.N.CheckpointLoaderSimple().load_checkpoint("tiny_sd15.safetensors")[:3]
+            e.cv = e.N.CLIPVisionLoader().load_clip("tiny_clip_vision.safetensors")[0]
+            e.pos = e.N.CLIPTextEncode().encode(e.clip, "a dog on the beach")[0]
+            e.neg = e.N.CLIPTextEncode().encode(e.clip, "")[0]
+        e.image, e.masks, e.centers = scenes.two_subjects(SIDE, SIDE, seed=3)
+    return e
+
+
+def _sample(e, model):
+    with torch.inference_mode():
+        return e.N.common_ksampler(model, 7, 3, 5.0, "euler", "normal", e.pos, e.neg,
+                                   {"samples": torch.zeros(1, 4, SIDE // 8, SIDE // 8)})[0]["samples"]
+
+
+def _apply(e, adapter=None, model=None, clip_vision="default"):
+    Apply, _ = _nodes(e)
+    with torch.inference_mode():
+        return Apply.execute(model or e.m, e.vae, e.image[None], 1.0, 0.0, 1.0, mask=e.masks[:1].float(),
+                             clip_vision=e.cv if clip_vision == "default" else clip_vision, adapter=adapter).result
+
+
+def _spec(e, family="sd15", clip_width=64, model=None):
+    models = e.ta.pack_module(e.pack, "nodes.models")
+    m = model or e.m
+    return e.adapter_mod.AdapterSpec(family=family, rank=4, alpha=4.0, clip_width=clip_width,
+                                     ctx_dim=models.context_dim(m), layers=models.transformer_layers(m))
+
+
+def test_zero_initialised_adapter_equals_training_free(env):
+    e = _host_models(env)
+    path = e.host.base / "models" / "p3s" / "p3s_zero.safetensors"
+    e.adapter_mod.save_adapter(e.adapter_mod.P3SAdapter(_spec(e)), path)
+    _, Load = _nodes(e)
+    adapter = Load.execute("p3s_zero.safetensors").result[0]
+    assert next(adapter.parameters()).device.type == "cpu" and next(adapter.parameters()).dtype == torch.float32
+    free = _sample(e, _apply(e)[0])
+    tuned = _sample(e, _apply(e, adapter=adapter)[0])
+    assert (free - tuned).abs().max().item() <= 1e-6
+    assert (free - _sample(e, e.m)).abs().max().item() > 1e-3  # and injection itself is on
+
+
+# ---- (b) training lowers the loss; the file works in a real server --------------------------------------
+def test_training_lowers_the_loss_and_writes_adapter_and_curve(env):
+    cfg, res = _run(env, "off", checkpoint_every=25)
+    losses = [h["loss"] for h in res.history]
+    assert [h["step"] for h in res.history] == list(range(1, STEPS + 1))
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < first, (first, last)
+    out = env.tmp / "off.safetensors"
+    spec = env.adapter_mod.read_adapter_header(out)
+    assert spec.family == "sd15" and spec.rank == 4
+    adapter = env.adapter_mod.load_adapter(out)
+    assert abs(float(adapter.gate.detach())) > 0  # it learned something
+    from PIL import Image
+    with Image.open(out.with_suffix(".loss.png")) as im:
+        assert im.size[0] > 100
+    # held-out diffusion loss is lower than with the fresh adapter
+    held = env.training.SubjectDataset(env.heldout, SIDE)
+    fresh = env.training.make_adapter(env.backend, cfg)
+    assert env.training.evaluate(env.backend, res.adapter, held, cfg)["diffusion"] < \
+        env.training.evaluate(env.backend, fresh, held, cfg)["diffusion"]
+
+
+def _prompt(adapter: str | None, image_name: str, points: str) -> dict:
+    p = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a dog on the beach", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": SIDE, "height": SIDE, "batch_size": 1}},
+        "5": {"class_type": "LoadImage", "inputs": {"image": image_name}},
+        "6": {"class_type": "P3SPointPicker", "inputs": {"image": ["5", 0], "points": points}},
+        "7": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": "tiny_clip_vision.safetensors"}},
+        "8": {"class_type": "P3SApply", "inputs": {"model": ["1", 0], "vae": ["1", 2], "reference": ["5", 0],
+                                                   "points": ["6", 0], "weight": 1.0, "start_percent": 0.0,
+                                                   "end_percent": 1.0, "clip_vision": ["7", 0]}},
+        "9": {"class_type": "KSampler", "inputs": {"model": ["8", 0], "positive": ["2", 0], "negative": ["3", 0],
+                                                   "latent_image": ["4", 0], "seed": 3, "steps": 3, "cfg": 5.0,
+                                                   "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "10": {"class_type": "VAEDecode", "inputs": {"samples": ["9", 0], "vae": ["1", 2]}},
+        "11": {"class_type": "SaveImage", "inputs": {"images": ["10", 0], "filename_prefix": "p3s_adapter"}},
+    }
+    if adapter:
+        p["12"] = {"class_type": "P3SLoadAdapter", "inputs": {"adapter_name": adapter}}
+        p["8"]["inputs"]["adapter"] = ["12", 0]
+    return p
+
+
+@pytest.mark.server
+def test_trained_adapter_loads_and_changes_the_image_in_the_server(env, server):
+    from PIL import Image
+    _run(env, "off", checkpoint_every=25)
+    shutil.copy(env.tmp / "off.safetensors", server.base / "models" / "p3s" / "trained_tiny.safetensors")
+    image, _, centers = scenes.two_subjects(SIDE, SIDE, seed=4)
+    scenes.save_png(image, server.base / "input" / "p3s_adapter_ref.png")
+    points = json.dumps({"width": SIDE, "height": SIDE, "positive": [{"x": centers[0][0], "y": centers[0][1]}]})
+    outs = []
+    for adapter in (None, "trained_tiny.safetensors"):
+        entry = server.run(_prompt(adapter, "p3s_adapter_ref.png", points))
+        png = server.view(entry["outputs"]["11"]["images"][0])
+        outs.append(np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16))
+    assert np.abs(outs[0] - outs[1]).max() > 0, "the trained adapter did not change the output"
+    spec = server.get("/object_info/P3SLoadAdapter")["P3SLoadAdapter"]["input"]["required"]["adapter_name"]
+    names = spec[1]["options"] if spec[0] == "COMBO" else spec[0]  # V3 combos serialise as ["COMBO", {options}]
+    assert "trained_tiny.safetensors" in names
+
+
+# ---- (c) the consistency term keeps the prompt's cross-attention ----------------------------------------
+def test_attention_consistency_term_lowers_cross_attention_deviation(env):
+    cfg_off, off = _run(env, "off", checkpoint_every=25)
+    cfg_on, on = _run(env, "on", acl_weight=1e5)
+    held = env.training.SubjectDataset(env.heldout, SIDE)
+    dev_off = env.training.evaluate(env.backend, off.adapter, held, cfg_off)["acl"]
+    dev_on = env.training.evaluate(env.backend, on.adapter, held, cfg_on)["acl"]
+    env.runs["acl"] = (dev_on, dev_off)
+    assert dev_on < dev_off, (dev_on, dev_off)
+    assert all(math.isfinite(h["acl"]) for h in on.history)
+
+
+# ---- (d) resume continues the run ------------------------------------------------------------------------
+def test_resume_from_checkpoint_continues_the_loss_curve(env):
+    cfg, full = _run(env, "off", checkpoint_every=25)
+    ckpt = env.tmp / "off.step000025.pt"
+    assert ckpt.is_file()
+    _, resumed = _run(env, "resumed", checkpoint_every=25, resume=ckpt)
+    assert [h["step"] for h in resumed.history] == list(range(1, STEPS + 1))
+    def same(h1, h2):
+        return h1.keys() == h2.keys() and all(h1[k] == h2[k] or (math.isnan(h1[k]) and math.isnan(h2[k])) for k in h1)
+    assert all(same(a, b) for a, b in zip(resumed.history[:25], full.history[:25]))  # history restored as saved
+    assert all(isinstance(h["step"], int) for h in resumed.history)
+    a = np.array([h["loss"] for h in resumed.history[25:]])
+    b = np.array([h["loss"] for h in full.history[25:]])
+    assert np.allclose(a, b, rtol=1e-4, atol=1e-6), np.abs(a - b).max()
+    for k, v in full.adapter.state_dict().items():
+        assert torch.allclose(v, resumed.adapter.state_dict()[k], atol=1e-5), k
+    with pytest.raises(ValueError, match="P3S: --resume"):
+        env.training.load_checkpoint(env.tmp / "off.safetensors", full.adapter, None, None)
+
+
+# ---- the training command itself ------------------------------------------------------------------------
+def test_training_command_writes_adapter_checkpoints_and_samples(env):
+    out = env.tmp / "cli" / "cli_adapter.safetensors"
+    out.parent.mkdir()
+    args = env.ta.build_parser().parse_args([
+        "--checkpoint", str(env.ckpt), "--clip-vision", str(env.cv_path), "--data", str(env.data),
+        "--output", str(out), "--steps", "4", "--batch-size", "1", "--rank", "2", "--acl-weight", "10",
+        "--sample-every", "4", "--sample-steps", "2", "--checkpoint-every", "2", "--resolution", str(SIDE),
+        "--selection-features", "clip", "--no-progress", "--prompt-template", "a photo of {caption}"])
+    res = env.ta.run_training(env.pack, args)
+    res_backend_hooks = [h for h in res.history]
+    assert len(res_backend_hooks) == 4
+    assert out.is_file() and out.with_suffix(".loss.png").is_file()
+    assert (out.parent / "cli_adapter.step000002.pt").is_file() and (out.parent / "cli_adapter.step000004.pt").is_file()
+    samples = sorted((out.parent / "cli_adapter_samples").glob("step_*.png"))
+    assert [s.name for s in samples] == ["step_000004.png"]
+    meta = env.adapter_mod.read_adapter_header(out)
+    assert meta.rank == 2
+
+
+# ---- (e) refusals ----------------------------------------------------------------------------------------
+def _unpatched(e, model, before):
+    patch = e.ta.pack_module(e.pack, "nodes.patch")
+    assert patch.find_patches(model) == [] and repr(model.model_options) == before
+
+
+def test_refusals_load_nothing_and_leave_the_model_unpatched(env):
+    from safetensors.torch import save_file
+    e = _host_models(env)
+    Apply, Load = _nodes(e)
+    folder = e.host.base / "models" / "p3s"
+    before = repr(e.m.model_options)
+
+    (folder / "pickled.ckpt").write_bytes(b"\x80\x04K\x01.")
+    with pytest.raises(ValueError, match=r"^P3S: .*safetensors"):
+        Load.execute("pickled.ckpt")
+    save_file({"lora.weight": torch.zeros(2, 2)}, str(folder / "a_lora.safetensors"))
+    with pytest.raises(ValueError, match=r"^P3S: .*not a P3S adapter"):
+        Load.execute("a_lora.safetensors")
+    good = folder / "p3s_good.safetensors"
+    e.adapter_mod.save_adapter(e.adapter_mod.P3SAdapter(_spec(e)), good)
+    data = good.read_bytes()
+    (folder / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"^P3S: .*truncated or corrupt"):
+        Load.execute("truncated.safetensors")
+    with pytest.raises(ValueError, match=r"^P3S: .*'missing\.safetensors' was not found.*Searched: .*p3s"):
+        Load.execute("missing.safetensors")
+
+    # an SDXL adapter on the SD1.5 MODEL
+    sdxl = e.host.tiny.make_sdxl_patcher()
+    e.adapter_mod.save_adapter(e.adapter_mod.P3SAdapter(_spec(e, "sdxl", model=sdxl)), folder / "p3s_sdxl.safetensors")
+    adapter_xl = Load.execute("p3s_sdxl.safetensors").result[0]
+    with pytest.raises(ValueError, match=r"^P3S: adapter 'p3s_sdxl.safetensors' is for SDXL but the MODEL is SD1.5"):
+        _apply(e, adapter=adapter_xl)
+    _unpatched(e, e.m, before)
+    # an SD1.5 adapter on the (tiny) SDXL MODEL
+    adapter_15 = Load.execute("p3s_good.safetensors").result[0]
+    xl_before = repr(sdxl.model_options)
+    with pytest.raises(ValueError, match=r"^P3S: adapter 'p3s_good.safetensors' is for SD1.5 but the MODEL is SDXL"):
+        _apply(e, adapter=adapter_15, model=sdxl)
+    _unpatched(e, sdxl, xl_before)
+    # a CLIP_VISION whose token width does not match the adapter's
+    e.adapter_mod.save_adapter(e.adapter_mod.P3SAdapter(_spec(e, clip_width=1024)), folder / "p3s_vitl.safetensors")
+    adapter_l = Load.execute("p3s_vitl.safetensors").result[0]
+    with pytest.raises(ValueError, match=r"^P3S: CLIP_VISION gives token width 64 but adapter .* expects 1024 \(ViT-L\)"):
+        _apply(e, adapter=adapter_l)
+    _unpatched(e, e.m, before)
+    # an adapter without a CLIP vision model
+    with pytest.raises(ValueError, match=r"^P3S: clip_vision"):
+        _apply(e, adapter=adapter_15, clip_vision=None)
+    _unpatched(e, e.m, before)
+
+
+def test_adapter_follows_the_model_device_without_moving_the_loaded_one(env):
+    """The patch uses the adapter where the MODEL runs; a loaded adapter on another device is copied once."""
+    patch_mod = env.ta.pack_module(env.pack, "nodes.patch")
+    adapter = env.adapter_mod.P3SAdapter(_spec(_host_models(env)))
+    p = patch_mod.P3SPatch(reference_latent=torch.zeros(1, 4, 8, 8), mask=torch.ones(1, 8, 8), weight=1.0,
+                           start_percent=0.0, end_percent=1.0, adapter=adapter)
+    assert p.adapter_on("cpu") is adapter  # same device: the very object (training gradients reach it)
+    moved = p.adapter_on("meta")
+    assert moved is not adapter and next(moved.parameters()).device.type == "meta"
+    assert next(adapter.parameters()).device.type == "cpu" and p.adapter_on("meta") is moved
