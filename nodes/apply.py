@@ -83,9 +83,9 @@ class P3SApply(io.ComfyNode):
             raise ValueError(f"P3S: reference_mode={reference_mode!r} is unknown: use one of {', '.join(MODES)}")
         if start_percent > end_percent:
             raise ValueError(f"P3S: start_percent={start_percent} is after end_percent={end_percent}: swap them")
-        masks = selection_masks(reference, points, mask, clip_vision)
-        image, latent_masks = fit_to_native(reference[..., :3], masks, family)
-        subject = subject_only(model, vae, image, latent_masks, fill, family)
+        masks, lookalikes = selection_masks(reference, points, mask, clip_vision)
+        image, (latent_masks, lookalikes) = fit_to_native(reference[..., :3], [masks, lookalikes], family)
+        subject = subject_only(model, vae, image, latent_masks, fill, family, lookalikes)
         tokens = valid = None
         if adapter is not None:
             adapter.check_compatible(family=family, layers=transformer_layers(model), ctx_dim=context_dim(model),

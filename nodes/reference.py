@@ -17,8 +17,9 @@ log = logging.getLogger("P3S")
 ALL_FILLS = (*FILL_MODES, "inpaint")
 
 
-def selection_masks(reference: torch.Tensor, points, mask, clip_vision) -> torch.Tensor:
-    """[R, H, W] 0/1 subject masks from a MASK override or from the points."""
+def selection_masks(reference: torch.Tensor, points, mask, clip_vision) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[R, H, W] 0/1 subject masks from a MASK override or from the points, and the look-alike maps
+    (everything subject-like, which the blur fill must not draw from; None for a MASK override)."""
     _, height, width, _ = reference.shape
     if mask is not None:
         m = mask if mask.ndim == 3 else mask[None]
@@ -35,37 +36,45 @@ def selection_masks(reference: torch.Tensor, points, mask, clip_vision) -> torch
         if empty:
             raise ValueError(f"P3S: mask: mask {empty[0]} is empty (all zero), so there is no subject to "
                              "inject. Paint the subject white in the mask, or use points instead")
-        return m.contiguous()
+        return m.contiguous(), None
     if points is None:
         raise ValueError("P3S: points: connect P3S_POINTS from a P3S Point Picker, or a MASK to the mask "
                          "input, to say which subject to use")
     pts = points.rescaled(width, height)
     feats = clip_features(clip_vision, reference) if clip_vision is not None else None
-    return torch.stack([select_subject(reference[i], pts, None if feats is None else feats[i]).mask
-                        for i in range(reference.shape[0])])
+    sels = [select_subject(reference[i], pts, None if feats is None else feats[i])
+            for i in range(reference.shape[0])]
+    return torch.stack([s.mask for s in sels]), torch.stack([s.lookalike for s in sels])
 
 
-def fit_to_native(image: torch.Tensor, masks: torch.Tensor, family: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Downscale (never upscale) so the long side is at most the family's native size; sides % 8 == 0."""
+def fit_to_native(image: torch.Tensor, masks: list, family: str) -> tuple[torch.Tensor, list]:
+    """Downscale (never upscale) so the long side is at most the family's native size; sides % 8 == 0.
+
+    ``masks``: [R, H, W] tensors (or None) resized alongside the image."""
     _, h, w, _ = image.shape
     scale = min(1.0, native_side(family) / max(h, w))
     nh, nw = max(8, int(h * scale) // 8 * 8), max(8, int(w * scale) // 8 * 8)
     if (nh, nw) == (h, w):
         return image, masks
     img = F.interpolate(image.movedim(-1, 1), size=(nh, nw), mode="area").movedim(1, -1)
-    m = (F.interpolate(masks[:, None], size=(nh, nw), mode="area")[:, 0] > 0.5).float()
-    return img, m
+    return img, [None if m is None else (F.interpolate(m[:, None].float(), size=(nh, nw), mode="area")[:, 0] > 0.5
+                                         ).float() for m in masks]
 
 
-def inpaint_outside(model, vae, image: torch.Tensor, masks: torch.Tensor, family: str, seed: int = 0,
-                    steps: int = 12, denoise: float = 0.7) -> torch.Tensor:
+def _blur_fill(image: torch.Tensor, masks: torch.Tensor, exclude: torch.Tensor | None) -> torch.Tensor:
+    return torch.stack([fill_outside(image[i, ..., :3], masks[i], "blur", None if exclude is None else exclude[i])
+                        for i in range(image.shape[0])])
+
+
+def inpaint_outside(model, vae, image: torch.Tensor, masks: torch.Tensor, family: str,
+                    exclude: torch.Tensor | None = None, seed: int = 0, steps: int = 12,
+                    denoise: float = 0.7) -> torch.Tensor:
     """Regenerate everything outside the subject with the MODEL (a short masked denoise).
 
     Starts from the blurred fill so the new background keeps the reference's colours and layout; runs
     unconditionally (a zero text context: no prompt is needed). Subject pixels are kept exactly.
     """
-    start = fill_outside(image[0], masks[0], "blur")[None] if image.shape[0] == 1 else torch.stack(
-        [fill_outside(image[i], masks[i], "blur") for i in range(image.shape[0])])
+    start = _blur_fill(image, masks, exclude)
     latent = vae.encode(start[..., :3])
     extra = {"pooled_output": torch.zeros(1, 1280)} if family == "sdxl" else {}
     cond = [[torch.zeros(1, 77, context_dim(model)), extra]]
@@ -81,11 +90,15 @@ def inpaint_outside(model, vae, image: torch.Tensor, masks: torch.Tensor, family
     return (image[..., :3] * keep + decoded.to(image.dtype) * (1 - keep)).clamp(0, 1)
 
 
-def subject_only(model, vae, image: torch.Tensor, masks: torch.Tensor, fill: str, family: str) -> torch.Tensor:
+def subject_only(model, vae, image: torch.Tensor, masks: torch.Tensor, fill: str, family: str,
+                 exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """The reference with everything outside the subject removed; ``exclude``: look-alike maps."""
     if fill not in ALL_FILLS:
         raise ValueError(f"P3S: fill={fill!r} is unknown: use one of {', '.join(ALL_FILLS)}")
     if fill == "inpaint":
-        return inpaint_outside(model, vae, image, masks, family)
+        return inpaint_outside(model, vae, image, masks, family, exclude)
+    if fill == "blur":
+        return _blur_fill(image, masks, exclude)
     return torch.stack([fill_outside(image[i, ..., :3], masks[i], fill) for i in range(image.shape[0])])
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .features import as_hwc, builtin_features_chw, downsample
+from .features import as_hwc, working_size, builtin_features_chw, downsample
 from .points import PointSet
 
 log = logging.getLogger("P3S")
@@ -35,6 +35,7 @@ class Selection:
     subject_image: torch.Tensor  # [H, W, 3] image with everything outside ``mask`` filled
     similarity: torch.Tensor  # [h, w] smoothed similarity score on the patch grid
     base_mask: torch.Tensor  # [H, W] mask before expansion
+    lookalike: torch.Tensor | None = None  # [H, W] everything subject-like (the fill avoids it)
     points: PointSet = field(default_factory=PointSet)  # points in this image's pixels
 
 
@@ -199,15 +200,49 @@ def _flood(keep: np.ndarray, dt: np.ndarray, markers: np.ndarray, levels: int = 
     return lab
 
 
-def fill_outside(image: torch.Tensor, mask: torch.Tensor, mode: str = "blur") -> torch.Tensor:
-    """Replace pixels outside ``mask`` ([H, W] 0/1) with a heavy blur or flat grey; inside is untouched."""
+def _background_estimate(img: torch.Tensor, exclude: torch.Tensor | None, side: int = 12) -> torch.Tensor:
+    """A very wide blur of the image, [1, 3, h, w] at ~``side`` px, that ignores ``exclude`` pixels.
+
+    Normalised convolution: excluded pixels (the subject and its look-alikes) get weight 0, and cells
+    with no background at all are filled from their neighbours, so a removed look-alike leaves the
+    surrounding background colour instead of a blurred blob of itself (the RNGR's "reduce negative
+    information"; how to fill is our choice, the paper does not say).
+    """
+    x = img.permute(2, 0, 1)[None].float()
+    if exclude is None:
+        return downsample(img, side)
+    w = (exclude < 0.5).float()[None, None]
+    h, wd = working_size(img.shape[0], img.shape[1], side)
+    num = F.adaptive_avg_pool2d(x * w, (h, wd))
+    den = F.adaptive_avg_pool2d(w, (h, wd))
+    if float(den.max()) <= 0:
+        return downsample(img, side)
+    kernel = torch.ones(1, 1, 3, 3)
+    for _ in range(2 * max(h, wd)):  # grow valid cells into empty ones (a few steps on a 12 px grid)
+        empty = den <= 1e-3
+        if not bool(empty.any()):
+            break
+        num_g = F.conv2d(F.pad(num, (1, 1, 1, 1), mode="replicate"), kernel.repeat(3, 1, 1, 1), groups=3)
+        den_g = F.conv2d(F.pad(den, (1, 1, 1, 1), mode="replicate"), kernel)
+        num = torch.where(empty, num_g, num)
+        den = torch.where(empty, den_g, den)
+    return num / den.clamp_min(1e-6)
+
+
+def fill_outside(image: torch.Tensor, mask: torch.Tensor, mode: str = "blur",
+                 exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """Replace pixels outside ``mask`` ([H, W] 0/1) with a heavy blur or flat grey; inside is untouched.
+
+    ``exclude`` ([H, W] 0/1, optional): pixels the blur must not draw colour from, e.g. the subject
+    and look-alikes found by the selection; ``mask`` is always excluded.
+    """
     img = as_hwc(image)
     inside = (mask > 0.5).unsqueeze(-1)
     if mode == "blur":
-        # Blur by area-downsampling to ~12 px and bilinear upsampling: very wide and cheap at any size.
-        small = downsample(img, 12)
+        drop = (mask > 0.5) if exclude is None else ((mask > 0.5) | (exclude > 0.5))
+        small = _background_estimate(img, drop.float())
         bg = F.interpolate(small, size=img.shape[:2], mode="bilinear", align_corners=False)
-        bg = bg[0].permute(1, 2, 0)
+        bg = bg[0].permute(1, 2, 0).to(img.dtype)
     elif mode == "flat":
         bg = torch.full((1, 1, 3), 0.5, dtype=img.dtype).expand_as(img)
     else:
@@ -291,9 +326,13 @@ def select_subject(
 
     mask = _upsample_mask(expanded, H, W)
     base_mask = _upsample_mask(keep, H, W)
+    # Everything that looks like the subject (look-alikes included), slightly grown: the fill must
+    # not paint their colours back into the background.
+    alike = _upsample_mask(ndimage.binary_dilation(base, iterations=int(radius) + max(2, round(0.03 * max(h, w)))), H, W)
     return Selection(
         mask=mask,
-        subject_image=fill_outside(img, mask, fill),
+        subject_image=fill_outside(img, mask, fill, exclude=alike),
+        lookalike=alike,
         similarity=score[0, 0],
         base_mask=base_mask,
         points=pts,

@@ -115,7 +115,7 @@ def test_fill_changes_only_pixels_outside_the_mask(mode):
     assert sel.subject_image[r].std(0).mean() < 0.5 * img[r].std(0).mean() + 0.05
     if mode == "flat":
         assert torch.allclose(sel.subject_image[~inside], torch.tensor(0.5))
-    again = fill_outside(img, sel.mask, mode)
+    again = fill_outside(img, sel.mask, mode, exclude=sel.lookalike)
     assert torch.equal(again, sel.subject_image)
 
 
@@ -183,3 +183,18 @@ def test_large_image_stays_small_and_correct():
     sel = select_subject(big, PointSet.from_pixels(positive=[(130, 256)], width=512, height=512))
     small = torch.nn.functional.interpolate(sel.mask[None, None], size=(512, 512))[0, 0].numpy() > 0.5
     assert _iou(small, left) > 0.8 and _frac_inside(small, right) < 0.01
+
+
+def test_blur_fill_removes_the_lookalike_instead_of_blurring_it():
+    img, (left, right) = _scene(256, 384, [(100, 128, 55, 40), (280, 128, 55, 40)])
+    sel = select_subject(img, PointSet.from_pixels(positive=[(100, 128)], width=384, height=256))
+    subject_colour = torch.tensor([0.85, 0.5, 0.2])
+    background = torch.tensor([0.25, 0.45, 0.2])
+    core = torch.from_numpy(_ellipse(256, 384, 280, 128, 40, 28))  # the look-alike's interior
+    filled = sel.subject_image[core].mean(0)
+    assert sel.lookalike is not None and bool(sel.lookalike[core].all())
+    # the look-alike's pixels now carry the background's colour, not a blurred copy of the subject's
+    assert (filled - background).abs().max() < 0.08
+    assert (filled - subject_colour).abs().max() > 0.3
+    plain = fill_outside(img, sel.mask, "blur")  # without the look-alike map: a blurred blob remains
+    assert (plain[core].mean(0) - background).abs().max() > (filled - background).abs().max()
