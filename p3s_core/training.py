@@ -462,6 +462,8 @@ def train(backend, dataset, config: TrainConfig, output: str | os.PathLike | Non
     config.validate()
     dist = dist or DistContext()
     output = Path(output) if output is not None else None
+    if output is not None and dist.is_main:
+        output.parent.mkdir(parents=True, exist_ok=True)
     adapter = make_adapter(backend, config)
     params = [p for p in adapter.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)

@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1, help="per process")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--rank", type=int, default=16, help="rank of the low-rank reference deltas")
-    p.add_argument("--acl-weight", type=float, default=1.0, help="lambda of the Attention Consistency Loss (0: off)")
+    p.add_argument("--acl-weight", type=float, default=100.0, help="lambda of the Attention Consistency Loss (0: off)")
     p.add_argument("--acl-layers", default="all", help="'all' or comma-separated layer keys, e.g. input.4.0,middle.0.0")
     p.add_argument("--resolution", type=int, default=None, help="training side in pixels (default 512 SD1.5, 1024 SDXL)")
     p.add_argument("--sample-every", type=int, default=0, help="write sample images every N steps (0: never)")
