@@ -64,9 +64,8 @@ def test_server_lists_adapters_from_extra_paths(server):
     (server.base / "extra" / "p3s_extra" / "yaml_adapter.safetensors").write_bytes(b"x")
     (server.base / "models" / "p3s" / "default_adapter.safetensors").write_bytes(b"x")
     info = server.get("/object_info")
-    if "P3SLoadAdapter" not in info:
-        pytest.skip("P3SLoadAdapter not shipped yet")
-    names = info["P3SLoadAdapter"]["input"]["required"]["adapter_name"][0]
+    spec = info["P3SLoadAdapter"]["input"]["required"]["adapter_name"]
+    names = spec[1]["options"] if spec[0] == "COMBO" else spec[0]  # V3 combo: ["COMBO", {"options": [...]}]
     assert "yaml_adapter.safetensors" in names and "default_adapter.safetensors" in names
 
 
