@@ -197,7 +197,9 @@ try {
   out.reloaded = await pickerInfo();
   await shot("picker_reloaded.png");
 
-  // Queue it: the backend gets the points of the widget.
+  // Queue it: the backend gets the points of the widget. The server is shared with other tests,
+  // so only a history entry that appears after this queueing counts.
+  const before = new Set(Object.keys(await page.evaluate(async () => (await fetch("/api/history")).json())));
   const res = await page.evaluate(async () => {
     const r = await window.app.queuePrompt(0, 1);
     return r ?? null;
@@ -206,8 +208,8 @@ try {
   const t1 = Date.now();
   let entry = null;
   while (Date.now() - t1 < 60000) {
-    const hist = await page.evaluate(async () => (await fetch("/api/history?max_items=5")).json());
-    const ids = Object.keys(hist);
+    const hist = await page.evaluate(async () => (await fetch("/api/history")).json());
+    const ids = Object.keys(hist).filter((k) => !before.has(k));
     const done = ids.map((k) => hist[k]).find((h) => h.status?.completed !== undefined
       && Object.values(h.prompt?.[2] || {}).some((n) => n.class_type === "P3SPointPicker"));
     if (done) { entry = done; break; }
