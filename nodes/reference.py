@@ -76,7 +76,9 @@ def inpaint_outside(model, vae, image: torch.Tensor, masks: torch.Tensor, family
     """
     start = _blur_fill(image, masks, exclude)
     latent = vae.encode(start[..., :3])
-    extra = {"pooled_output": torch.zeros(1, 1280)} if family == "sdxl" else {}
+    # SDXL's ADM input = pooled text vector + 6 size embeddings of 256
+    pooled = int(model.model.model_config.unet_config.get("adm_in_channels") or 0) - 6 * 256
+    extra = {"pooled_output": torch.zeros(1, pooled)} if family == "sdxl" else {}
     cond = [[torch.zeros(1, 77, context_dim(model)), extra]]
     noise = comfy.sample.prepare_noise(latent, seed)
     outside = 1.0 - masks[:, None]

@@ -27,6 +27,7 @@ def host(tmp_path_factory) -> host_support.InProcessHost:
     torch.set_num_threads(2)
     h = host_support.InProcessHost(tmp_path_factory.mktemp("inproc"))
     h.tiny.make_checkpoint(str(h.base / "models" / "checkpoints" / "tiny_sd15.safetensors"))
+    h.tiny.make_sdxl_checkpoint(str(h.base / "models" / "checkpoints" / "tiny_sdxl.safetensors"))
     h.tiny.make_clip_vision_file(str(h.base / "models" / "clip_vision" / "tiny_clip_vision.safetensors"))
     return h
 
@@ -37,6 +38,7 @@ def server(tmp_path_factory, host):
     base = tmp_path_factory.mktemp("server")
     host_support.make_layout(base)
     host.tiny.make_checkpoint(str(base / "models" / "checkpoints" / "tiny_sd15.safetensors"))
+    host.tiny.make_sdxl_checkpoint(str(base / "models" / "checkpoints" / "tiny_sdxl.safetensors"))
     host.tiny.make_clip_vision_file(str(base / "models" / "clip_vision" / "tiny_clip_vision.safetensors"))
     srv = host_support.Server(base)
     yield srv

@@ -22,6 +22,7 @@ import ui_to_api  # noqa: E402
 
 EXAMPLES = sorted((REPO / "example_workflows").glob("*.json"))
 TINY_CKPT = "tiny_sd15.safetensors"
+TINY_SDXL_CKPT = "tiny_sdxl.safetensors"
 TINY_CLIP_VISION = "tiny_clip_vision.safetensors"
 TINY_ADAPTER = "p3s_adapter_tiny_sd15.safetensors"
 
@@ -144,7 +145,8 @@ def tiny_adapter(host, server):
 
 def _tiny_prompt(path: Path, object_info: dict, server, tag: str) -> dict:
     prompt = ui_to_api.convert(json.loads(path.read_text()), object_info)
-    prompt = run_example.map_prompt(prompt, checkpoint=TINY_CKPT, clip_vision=TINY_CLIP_VISION, latent=64, steps=2,
+    ckpt = TINY_SDXL_CKPT if "sdxl" in path.stem else TINY_CKPT  # each example on its own family
+    prompt = run_example.map_prompt(prompt, checkpoint=ckpt, clip_vision=TINY_CLIP_VISION, latent=64, steps=2,
                                     adapter=TINY_ADAPTER)
     # A reference file name per test: ComfyUI caches node outputs between prompts, and a cached node
     # reports no UI images in /history, so identical sub-graphs of two examples would look image-less.
@@ -161,18 +163,12 @@ def _tiny_prompt(path: Path, object_info: dict, server, tag: str) -> dict:
 def test_example_runs_in_real_server(server, object_info, path, request):
     wf = json.loads(path.read_text())
     missing = sorted({n["type"] for n in wf["nodes"]} - set(object_info) - ui_to_api.VIRTUAL)
-    if missing == ["P3SLoadAdapter"]:
-        pytest.skip("P3SLoadAdapter is not in the node registry yet (nodes/registry.py); the adapter example "
-                    "runs once that node ships")
     assert not missing, f"{path.name}: node types not on the server: {missing}"
     for lid, stype, itype, declared in ui_to_api.link_types(wf, object_info):
         assert itype is not None, f"{path.name}: link {lid} goes to an input the node does not have"
         assert stype == itype == declared or "*" in (stype, itype), (path.name, lid, stype, itype, declared)
     if "P3SLoadAdapter" in {n["type"] for n in wf["nodes"]}:
         request.getfixturevalue("tiny_adapter")
-    # SDXL: there is no tiny SDXL *checkpoint* writer (tiny_models.TinySDXL is a patcher-level family), so the
-    # SDXL example runs on the tiny SD1.5 checkpoint here: this checks its graph, not SDXL loading; the SDXL
-    # injection path itself is covered by tests/test_injection.py.
     prompt = _tiny_prompt(path, object_info, server, path.stem)
     entry = server.run(prompt, timeout=180)
     outputs = entry["outputs"]

@@ -19,6 +19,7 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.ops
 import comfy.sd1_clip
+import comfy.sdxl_clip
 import comfy.supported_models
 import comfy.supported_models_base
 import comfy.taesd.taesd
@@ -26,6 +27,8 @@ import comfy.taesd.taesd
 _TMP = tempfile.gettempdir()
 TINY_CLIP_JSON = os.path.join(_TMP, "p3s_tiny_clip_text_config.json")
 TINY_CLIP_VISION_JSON = os.path.join(_TMP, "p3s_tiny_clip_vision_config.json")
+TINY_CLIP_L32_JSON = os.path.join(_TMP, "p3s_tiny_clip_l32_config.json")
+TINY_CLIP_G32_JSON = os.path.join(_TMP, "p3s_tiny_clip_g32_config.json")
 # Marker key that lets the test-only registrar recognise a tiny CLIP vision file in CLIPVisionLoader.
 TINY_CLIP_VISION_MARKER = "p3s_tiny_clip_vision_marker"
 CLIP_VISION_WIDTH = 64
@@ -39,6 +42,13 @@ def _write_configs() -> None:
     vcfg.update(hidden_size=CLIP_VISION_WIDTH, intermediate_size=128, num_attention_heads=4, num_hidden_layers=3,
                 projection_dim=32)
     json.dump(vcfg, open(TINY_CLIP_VISION_JSON, "w"))
+    # SDXL text encoders: CLIP-L and CLIP-G halves of 32 each -> a 64-wide context; G's pooled output (its width, 32)
+    # is the pooled vector, so the ADM input is 32 + 6 * 256 like TinySDXL expects.
+    lcfg = dict(cfg, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=3, projection_dim=32)
+    json.dump(lcfg, open(TINY_CLIP_L32_JSON, "w"))
+    gcfg = json.load(open(os.path.join(os.path.dirname(comfy.sd1_clip.__file__), "clip_config_bigg.json")))
+    gcfg.update(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=3, projection_dim=64)
+    json.dump(gcfg, open(TINY_CLIP_G32_JSON, "w"))
 
 
 _write_configs()
@@ -52,7 +62,7 @@ TINY_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_
 # SDXL-shaped: linear projections in the transformers, an ADM (pooled text + size) input, several
 # transformer blocks per SpatialTransformer, no attention at the highest resolution.
 TINY_SDXL_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-                  "legacy": False, "num_classes": "sequential", "adm_in_channels": 64 + 6 * 256, "in_channels": 4,
+                  "legacy": False, "num_classes": "sequential", "adm_in_channels": 32 + 6 * 256, "in_channels": 4,
                   "model_channels": 32, "num_res_blocks": [1, 1, 1], "transformer_depth": [0, 1, 2],
                   "transformer_depth_output": [0, 0, 0, 1, 1, 1, 2, 2, 2], "channel_mult": [1, 1, 2],
                   "transformer_depth_middle": 2, "use_linear_in_transformer": True, "context_dim": 64,
@@ -75,10 +85,31 @@ class TinySD15(comfy.supported_models.SD15):
         return comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, TinyClipModel)
 
 
+class _TinyClipG(comfy.sdxl_clip.SDXLClipG):
+    def __init__(self, device="cpu", dtype=None, model_options={}):
+        comfy.sd1_clip.SDClipModel.__init__(
+            self, device=device, layer="hidden", layer_idx=-2, textmodel_json_config=TINY_CLIP_G32_JSON,
+            dtype=dtype, special_tokens={"start": 49406, "end": 49407, "pad": 0}, layer_norm_hidden_state=False,
+            return_projected_pooled=True, model_options={**model_options, "model_name": "clip_g"})
+
+
+class TinySDXLClipModel(comfy.sdxl_clip.SDXLClipModel):
+    def __init__(self, device="cpu", dtype=None, model_options={}):
+        torch.nn.Module.__init__(self)
+        self.clip_l = comfy.sd1_clip.SDClipModel(layer="hidden", layer_idx=-2, device=device, dtype=dtype,
+                                                 layer_norm_hidden_state=False, textmodel_json_config=TINY_CLIP_L32_JSON,
+                                                 model_options=model_options)
+        self.clip_g = _TinyClipG(device=device, dtype=dtype, model_options=model_options)
+        self.dtypes = {dtype}
+
+
 class TinySDXL(comfy.supported_models.SDXL):
     unet_config = {"context_dim": 64, "model_channels": 32, "use_linear_in_transformer": True,
-                   "adm_in_channels": 64 + 6 * 256, "use_temporal_attention": False}
-    unet_extra_config = {}
+                   "adm_in_channels": 32 + 6 * 256, "use_temporal_attention": False}
+    unet_extra_config = {"num_head_channels": 16}
+
+    def clip_target(self, state_dict={}):
+        return comfy.supported_models_base.ClipTarget(comfy.sdxl_clip.SDXLTokenizer, TinySDXLClipModel)
 
 
 def _tiny_clip_vision_load(orig):
@@ -180,7 +211,7 @@ def make_sdxl_patcher(seed: int = 0):
 def text_cond(batch: int = 1, tokens: int = 77, seed: int = 1, pooled: bool = False) -> list:
     """A CONDITIONING list with random context (dim 64), for patcher-level tests without CLIP."""
     g = torch.Generator().manual_seed(seed)
-    extra = {"pooled_output": torch.randn(batch, 64, generator=g)} if pooled else {}
+    extra = {"pooled_output": torch.randn(batch, 32, generator=g)} if pooled else {}
     return [[torch.randn(batch, tokens, 64, generator=g), extra]]
 
 
@@ -191,3 +222,20 @@ def make_unsupported_patcher(seed: int = 0):
     cfg = TinySD20(dict(TINY_UNET))
     cfg.set_inference_dtype(torch.float32, torch.float32)
     return _patcher(cfg, TINY_UNET, seed)
+
+
+def make_sdxl_checkpoint(path: str, seed: int = 10, dtype=torch.float16) -> str:
+    """A tiny SDXL-family checkpoint (U-Net, CLIP-L + CLIP-G text encoders, TAESD VAE) in the real
+    SDXL checkpoint layout (written with ComfyUI's own state_dict_for_saving), for CheckpointLoaderSimple."""
+    from safetensors.torch import save_file
+    cfg = TinySDXL(dict(TINY_SDXL_UNET))
+    model = comfy.model_base.SDXL(cfg, device="cpu")
+    model.diffusion_model.load_state_dict(_unet_state(TINY_SDXL_UNET, TinySDXL.unet_extra_config, seed))
+    with torch.no_grad():
+        clip = TinySDXLClipModel()
+    clip_sd = {k: v for k, v in _rand({k: v.shape for k, v in clip.state_dict().items()}, seed + 1).items()
+               if not k.endswith("position_ids")}
+    vae_sd = _rand({k: v.shape for k, v in comfy.taesd.taesd.TAESD().state_dict().items()}, seed + 2)
+    sd = model.state_dict_for_saving(clip_sd, vae_sd, None)
+    save_file({k: v.contiguous().to(dtype) for k, v in sd.items() if torch.is_tensor(v)}, path)
+    return path
