@@ -3,7 +3,7 @@
 Random weights (no download), ComfyUI's own classes and sampler, cfg 7. Prints one line per mode and
 ends with:  ratio per_step=1.62x cached=1.18x memory_per_step=1.10x memory_cached=1.05x
 
-    python bench/overhead.py [--latent 32] [--steps 3] [--repeats 2] [--device cpu|cuda]
+    python bench/overhead.py [--latent 32] [--steps 6] [--repeats 2] [--device cpu|cuda]
 
 Run it with the host's python (scripts/setup_host.sh): ~/.cache/p3s/host/venv/bin/python.
 On CPU, peak memory is the process RSS sampled every 2 ms (weights included); on CUDA it is
@@ -23,12 +23,15 @@ HOST_DIR = Path(os.environ.get("P3S_HOST_DIR", Path.home() / ".cache" / "p3s" / 
 COMFYUI_DIR = Path(os.environ.get("COMFYUI_DIR", HOST_DIR / "ComfyUI"))
 
 
-def _load_host(device: str):
+def _load_host(device: str, attention: str):
     sys.path.insert(0, str(COMFYUI_DIR))
     import comfy.options
     comfy.options.enable_args_parsing(False)
     from comfy.cli_args import args
     args.cpu = device == "cpu"
+    # P3S's biased read uses torch SDPA; on CPU ComfyUI defaults to its sub-quadratic attention, so plain
+    # and P3S would run different kernels. "pytorch" gives plain the same kernel (what GPU users get).
+    args.use_pytorch_cross_attention = attention == "pytorch"
     import utils.extra_config  # noqa: F401  (ComfyUI import-order quirk: before `nodes`)
     import nodes  # noqa: F401
     import importlib.util
@@ -76,14 +79,17 @@ class PeakMemory:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--latent", type=int, default=32, help="latent side (32 = 256 px, 64 = 512 px)")
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=6,
+                    help="sampling steps; cached mode's one reference pass weighs more the fewer the steps")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per mode (the best is kept)")
     ap.add_argument("--device", default="cuda" if __import__("torch").cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, help="float32 (CPU default) or float16 (CUDA default)")
+    ap.add_argument("--attention", choices=("pytorch", "default"), default="pytorch",
+                    help="ComfyUI's attention for plain sampling: pytorch SDPA (as on GPU) or the host default")
     a = ap.parse_args()
     import torch
     torch.manual_seed(0)
-    patch_mod = _load_host(a.device)
+    patch_mod = _load_host(a.device, a.attention)
     import comfy.model_base
     import comfy.model_detection
     import comfy.model_management
@@ -130,16 +136,17 @@ def main() -> None:
                            mode=mode).install(m)
         return m
 
-    def run(m):
+    def run(m, steps=a.steps):
         noise = comfy.sample.prepare_noise(latent, 0)
         with torch.inference_mode():
-            return comfy.sample.sample(m, noise, a.steps, 7.0, "euler", "normal", pos, neg, latent,
+            return comfy.sample.sample(m, noise, steps, 7.0, "euler", "normal", pos, neg, latent,
                                        disable_pbar=True, seed=0)
 
-    run(variant("plain"))  # warm-up: loads the model, allocator, kernels
+    models = {mode: variant(mode) for mode in ("plain", "per_step", "cached")}
+    for m in models.values():  # warm-up of every mode: model load, allocator growth, kernels
+        run(m, 2)
     results = {}
-    for mode in ("plain", "per_step", "cached"):
-        m = variant(mode)
+    for mode, m in models.items():
         best, peak = float("inf"), 0
         for _ in range(a.repeats):
             with PeakMemory(a.device) as pm:
