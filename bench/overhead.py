@@ -1,7 +1,7 @@
 """Time and peak memory of P3S injection vs plain sampling on a U-Net with the real SD1.5 shapes.
 
 Random weights (no download), ComfyUI's own classes and sampler, cfg 7. Prints one line per mode and
-ends with:  ratio per_step=1.62x cached=1.18x memory_per_step=1.10x memory_cached=1.05x
+ends with one line:  ratio per_step=<x> cached=<x> memory_per_step=<x> memory_cached=<x>
 
     python bench/overhead.py [--latent 32] [--steps 6] [--repeats 2] [--device cpu|cuda]
 
