@@ -323,3 +323,24 @@ def test_adapter_follows_the_model_device_without_moving_the_loaded_one(env):
     moved = p.adapter_on("meta")
     assert moved is not adapter and next(moved.parameters()).device.type == "meta"
     assert next(adapter.parameters()).device.type == "cpu" and p.adapter_on("meta") is moved
+
+
+# ---- multi-process (torchrun, gloo on CPU: the same code path as NCCL on GPUs) ----------------------------
+def test_torchrun_two_processes_train_one_adapter(env):
+    import os
+    import subprocess
+    import sys
+    out = env.tmp / "ddp" / "ddp_adapter.safetensors"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "scripts" / "train_adapter.py"), "--register-tiny", "--cpu",
+           "--checkpoint", str(env.ckpt), "--clip-vision", str(env.cv_path), "--data", str(env.data),
+           "--output", str(out), "--steps", "4", "--batch-size", "1", "--rank", "2",
+           "--resolution", str(SIDE), "--checkpoint-every", "2", "--no-progress"]
+    from host import COMFYUI_DIR
+    env_vars = dict(os.environ, OMP_NUM_THREADS="1", COMFYUI_DIR=str(COMFYUI_DIR))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150, env=env_vars)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert log.count("P3S: wrote") == 1, log[-3000:]  # rank 0 alone writes files
+    assert out.is_file() and (out.parent / "ddp_adapter.step000004.pt").is_file()
+    assert env.adapter_mod.read_adapter_header(out).rank == 2
