@@ -6,6 +6,7 @@ import torch
 from ..p3s_core.features import clip_patch_grid
 
 
+@torch.no_grad()
 def clip_features(clip_vision, image: torch.Tensor) -> torch.Tensor:
     """[B, H, W, C] IMAGE -> [B, g, g, D] patch grid from CLIP vision penultimate hidden states.
 
@@ -17,6 +18,7 @@ def clip_features(clip_vision, image: torch.Tensor) -> torch.Tensor:
     return torch.stack([clip_patch_grid(hidden[i:i + 1]) for i in range(hidden.shape[0])])
 
 
+@torch.no_grad()
 def clip_token_width(clip_vision) -> int:
     """Hidden width of a CLIP vision model's tokens (1024 for ViT-L, 1280 for ViT-H)."""
     probe = torch.zeros(1, 224, 224, 3)
