@@ -91,13 +91,12 @@ def main() -> None:
     torch.manual_seed(0)
     patch_mod = _load_host(a.device, a.attention)
     import comfy.model_base
-    import comfy.model_detection
     import comfy.model_management
     import comfy.model_patcher
     import comfy.sample
     import comfy.supported_models
     dtype = getattr(torch, a.dtype) if a.dtype else (torch.float16 if a.device == "cuda" else torch.float32)
-    unet = comfy.model_detection.convert_config  # noqa: F841 (kept: documents where the config comes from)
+    # The SD1.5 U-Net config as comfy/model_detection.py defines it for real SD1.5 checkpoints.
     cfg = {'use_checkpoint': False, 'image_size': 32, 'out_channels': 4, 'use_spatial_transformer': True,
            'legacy': False, 'adm_in_channels': None, 'in_channels': 4, 'model_channels': 320,
            'num_res_blocks': [2, 2, 2, 2], 'transformer_depth': [1, 1, 1, 1, 1, 1, 0, 0],

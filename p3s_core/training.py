@@ -31,7 +31,6 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .adapter import AdapterSpec, P3SAdapter, adapter_state_dict, load_adapter_state_dict, save_adapter
 from .losses import attention_consistency_loss, diffusion_loss, total_loss

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-import host as host_support
 import scenes
 
 REPO = Path(__file__).resolve().parents[1]
