@@ -343,3 +343,18 @@ def test_torchrun_two_processes_train_one_adapter(env):
     assert log.count("P3S: wrote") == 1, log[-3000:]  # rank 0 alone writes files
     assert out.is_file() and (out.parent / "ddp_adapter.step000004.pt").is_file()
     assert env.adapter_mod.read_adapter_header(out).rank == 2
+
+
+def test_training_command_on_the_sdxl_family(env):
+    """SDXL path of the trainer (pooled text / ADM input, two text encoders) on the tiny SDXL checkpoint."""
+    out = env.tmp / "cli_xl" / "xl_adapter.safetensors"
+    out.parent.mkdir()
+    ckpt = env.host.base / "models" / "checkpoints" / "tiny_sdxl.safetensors"
+    args = env.ta.build_parser().parse_args([
+        "--checkpoint", str(ckpt), "--clip-vision", str(env.cv_path), "--data", str(env.data),
+        "--output", str(out), "--steps", "3", "--batch-size", "1", "--rank", "2", "--acl-weight", "10",
+        "--resolution", str(SIDE), "--checkpoint-every", "0", "--no-progress"])
+    res = env.ta.run_training(env.pack, args)
+    assert len(res.history) == 3 and all(math.isfinite(h["loss"]) for h in res.history)
+    meta = env.adapter_mod.read_adapter_header(out)
+    assert meta.family == "sdxl" and any(k.endswith(".1") for k, _ in meta.layers)  # depth-2 SDXL blocks
