@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 
 import comfy.sample
+import comfy.utils
+import latent_preview
 
 from ..p3s_core.rngr import FILL_MODES, fill_outside, select_subject
 from .features import clip_features
@@ -82,8 +84,11 @@ def inpaint_outside(model, vae, image: torch.Tensor, masks: torch.Tensor, family
     cond = [[torch.zeros(1, 77, context_dim(model)), extra]]
     noise = comfy.sample.prepare_noise(latent, seed)
     outside = 1.0 - masks[:, None]
+    # ComfyUI's own sampler callback: the node shows progress and honours Cancel like a KSampler.
+    callback = latent_preview.prepare_callback(model, steps)
     samples = comfy.sample.sample(model, noise, steps, 1.0, "euler", "normal", cond, cond, latent,
-                                  denoise=denoise, noise_mask=outside, seed=seed, disable_pbar=True)
+                                  denoise=denoise, noise_mask=outside, seed=seed, callback=callback,
+                                  disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED)
     decoded = vae.decode(samples)[..., :3]
     if decoded.shape[1:3] != image.shape[1:3]:
         decoded = F.interpolate(decoded.movedim(-1, 1), size=image.shape[1:3], mode="bilinear",
