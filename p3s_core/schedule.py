@@ -49,15 +49,14 @@ class WeightSchedule:
             raise _bad("weight", (self.low, self.high), "weights must be >= 0 (0 = no injection)")
 
     def active(self, progress: float) -> bool:
-        return self.start_percent <= progress <= self.end_percent and self.start_percent < self.end_percent \
-            or (self.start_percent == self.end_percent == progress)
+        """Inside the window; a zero-length window (start == end) never opens."""
+        return self.start_percent < self.end_percent and self.start_percent <= progress <= self.end_percent
 
     def weight(self, progress: float) -> float:
         """The injection weight at ``progress`` (0..1); 0 outside the window."""
         if not self.active(progress):
             return 0.0
-        span = self.end_percent - self.start_percent
-        t = 0.0 if span <= 0 else min(max((progress - self.start_percent) / span, 0.0), 1.0)
+        t = min(max((progress - self.start_percent) / (self.end_percent - self.start_percent), 0.0), 1.0)
         lo, hi = self.low, self.high
         if self.preset == "constant":
             return hi

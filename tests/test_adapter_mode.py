@@ -249,8 +249,7 @@ def test_training_command_writes_adapter_checkpoints_and_samples(env):
         "--sample-every", "4", "--sample-steps", "2", "--checkpoint-every", "2", "--resolution", str(SIDE),
         "--selection-features", "clip", "--no-progress", "--prompt-template", "a photo of {caption}"])
     res = env.ta.run_training(env.pack, args)
-    res_backend_hooks = [h for h in res.history]
-    assert len(res_backend_hooks) == 4
+    assert len(res.history) == 4
     assert out.is_file() and out.with_suffix(".loss.png").is_file()
     assert (out.parent / "cli_adapter.step000002.pt").is_file() and (out.parent / "cli_adapter.step000004.pt").is_file()
     samples = sorted((out.parent / "cli_adapter_samples").glob("step_*.png"))
