@@ -13,6 +13,11 @@ from .types import CATEGORY, Points
 
 log = logging.getLogger("P3S")
 
+# UI outputs, under keys of their own: the frontend shows "images" as a second, unclickable copy of the picture
+# below the widget. "p3s_image": the reference of the last run, the widget's picture when no Load Image is
+# connected; "p3s_overlay": the selection the run made (tint and points), for scripts and the history.
+UI_IMAGE_KEY, UI_OVERLAY_KEY = "p3s_image", "p3s_overlay"
+
 POINTS_HELP = ('Points in image pixels: {"width": W, "height": H, "positive": [{"x": 10, "y": 20}], '
                '"negative": []}. The KJNodes/SAM2 list [{"x": .., "y": ..}] (all positive) works too. '
                "Click on the image to edit them: left click = positive, right or shift click = negative.")
@@ -60,4 +65,6 @@ class P3SPointPicker(io.ComfyNode):
             if i == 0:
                 previews.append(overlay(image[i], sel))
         preview = torch.stack(previews).clamp(0, 1)
-        return io.NodeOutput(pts, torch.stack(masks), ui=ui.PreviewImage(preview, cls=cls))
+        saved = {UI_IMAGE_KEY: ui.PreviewImage(image[:1].clamp(0, 1), cls=cls).as_dict()["images"],
+                 UI_OVERLAY_KEY: ui.PreviewImage(preview, cls=cls).as_dict()["images"]}
+        return io.NodeOutput(pts, torch.stack(masks), ui=saved)

@@ -135,16 +135,16 @@ def save_outputs(srv, prompt: dict, entry: dict, out: Path) -> list[Path]:
     outputs = entry["outputs"]
     written = []
 
-    def grab(node_ids, stem):
+    def grab(node_ids, stem, key="images"):
         n = 0
         for nid in node_ids:
-            for img in outputs.get(nid, {}).get("images", []):
+            for img in outputs.get(nid, {}).get(key, []):
                 p = out / (f"{stem}.png" if n == 0 else f"{stem}_{n:02d}.png")
                 p.write_bytes(srv.view(img))
                 written.append(p)
                 n += 1
 
-    grab(find_nodes(prompt, "P3SPointPicker"), "selection_overlay")
+    grab(find_nodes(prompt, "P3SPointPicker"), "selection_overlay", key="p3s_overlay")
     grab(find_nodes(prompt, "PreviewImage", "Subject mask"), "subject_mask")
     grab(find_nodes(prompt, "PreviewImage", "Subject-only reference"), "subject_reference")
     gen = find_nodes(prompt, "SaveImage")

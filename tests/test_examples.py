@@ -174,7 +174,8 @@ def test_example_runs_in_real_server(server, object_info, path, request):
     outputs = entry["outputs"]
     for nid, node in prompt.items():
         if node["class_type"] in ("SaveImage", "PreviewImage", "P3SPointPicker"):
-            images = outputs.get(nid, {}).get("images", [])
+            key = "p3s_overlay" if node["class_type"] == "P3SPointPicker" else "images"
+            images = outputs.get(nid, {}).get(key, [])
             assert images, f"{path.name}: node {nid} ({node['class_type']}) produced no image"
             assert server.view(images[0])[:4] == b"\x89PNG"
 

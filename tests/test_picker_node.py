@@ -38,9 +38,16 @@ def test_picker_selects_clicked_subject_through_server(server, target):
     mask = torch.from_numpy(mask)
     assert scenes.iou(mask, masks[target]) > 0.7
     assert scenes.iou(mask, masks[1 - target]) < 0.05
-    preview = entry["outputs"]["2"]["images"][0]  # the overlay preview reaches the UI
-    assert preview["type"] == "temp"
-    assert server.view(preview)[:4] == b"\x89PNG"
+    # the reference image reaches the Point Picker widget under its own key; no "images" (the frontend would
+    # show a second, unclickable copy below the widget)
+    assert "images" not in entry["outputs"]["2"]
+    shown = entry["outputs"]["2"]["p3s_image"][0]
+    assert shown["type"] == "temp"
+    png = Image.open(_io.BytesIO(server.view(shown)))
+    assert png.size == (256, 192)
+    assert np.abs(np.asarray(png.convert("RGB"), dtype=np.float32) / 255 - image.numpy()).max() < 1.5 / 255
+    overlay = entry["outputs"]["2"]["p3s_overlay"][0]  # the selection of the run, for scripts and the history
+    assert overlay["type"] == "temp" and server.view(overlay)[:4] == b"\x89PNG"
 
 
 @pytest.mark.server

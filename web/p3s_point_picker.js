@@ -1,21 +1,26 @@
 // P3S Point Picker: a click-to-select canvas on the P3SPointPicker node.
-// The node's `points` STRING widget stays the single source of truth (JSON in image pixels); this widget
-// only edits it. If this file fails to load, the node still works from that text widget.
+// The node's `points` STRING widget stays the single source of truth (JSON in image pixels); this widget only
+// edits it, and only when the user edits: loading a workflow never rewrites the stored text. If this file fails
+// to load, the node still works from that text widget.
+// Works on the legacy canvas and in Vue nodes mode, on the pinned and the newest frontend: everything that
+// differs between them goes through ./lib/p3s_frontend.js. No timers poll: the widget follows the frontend's
+// events (connection changes, the upstream Load Image's widget callback, the points widget's callback, execution).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import {
-  MAX_POINTS, clonePoints, countPoints, emptyPoints, fitRect, hitTest, parseImageRef, parsePoints,
-  refFromViewUrl, refKey, rescalePoints, serializePoints,
+  MAX_POINTS, countPoints, emptyPoints, fitRect, hitTest, parseImageRef, parsePoints, refFromViewUrl, refKey,
+  rescalePoints, serializePoints,
 } from "./lib/p3s_points.js";
+import { drawPicker, tintFromMask, NEG_COLOR, POS_COLOR } from "./lib/p3s_draw.js";
+import {
+  adoptParkedElement, hideWidget, notifyGraphChanged, onWidgetChange, parkElement, upstreamNode,
+} from "./lib/p3s_frontend.js";
 
 const NODE_ID = "P3SPointPicker";
 const DEBOUNCE_MS = 250;
-const POLL_MS = 300;
 const HIT_PX = 12; // hit radius on screen (CSS px) for selecting a point
 const DRAG_PX = 4; // movement before a press on a point becomes a drag
-const POS_COLOR = "#22c55e";
-const NEG_COLOR = "#ef4444";
-const OVERLAY_RGB = [30, 144, 255];
+const UI_IMAGE_KEY = "p3s_image"; // the node's UI output: the reference image of the last run (nodes/picker.py)
 
 const STYLE = `
 .p3s-picker{display:flex;flex-direction:column;gap:4px;width:100%;height:100%;box-sizing:border-box;
@@ -24,14 +29,26 @@ const STYLE = `
 .p3s-picker-bar button{background:#333;color:#eee;border:1px solid #555;border-radius:4px;padding:1px 8px;
   cursor:pointer;font:12px sans-serif}
 .p3s-picker-bar button:hover{background:#444}
+.p3s-picker-bar button.p3s-on{background:#2b4a6b}
 .p3s-picker-status{flex:1;overflow:hidden;white-space:nowrap;text-overflow:ellipsis;opacity:.85}
 .p3s-picker-status.p3s-error{color:#f87171;opacity:1}
+.p3s-picker-json{flex:0 0 64px;resize:none;box-sizing:border-box;width:100%;font:11px monospace;color:#ddd;
+  background:#111;border:1px solid #555;border-radius:4px;padding:3px;user-select:text}
 .p3s-picker-wrap{position:relative;flex:1 1 auto;min-height:60px;background:#1118;border-radius:4px;overflow:hidden}
 .p3s-picker-wrap.p3s-drop{outline:2px dashed #22c55e}
 .p3s-picker-canvas{position:absolute;cursor:crosshair;touch-action:none}
 .p3s-picker-hint{position:absolute;inset:0;display:flex;align-items:center;justify-content:center;
-  text-align:center;padding:8px;opacity:.6;pointer-events:none}
+  text-align:center;padding:8px;opacity:.6;pointer-events:none;white-space:pre-line}
+.p3s-picker-legend{display:flex;flex-wrap:wrap;gap:1px 10px;flex:0 0 auto;font-size:11px;opacity:.8;line-height:14px}
+.p3s-picker-legend b{font-weight:bold}
 `;
+
+const LEGEND = [
+  ["●", POS_COLOR, "left click: subject"],
+  ["✕", NEG_COLOR, "right / shift click: exclude"],
+  ["", null, "click a point: delete"],
+  ["", null, "drag a point: move"],
+];
 
 function ensureStyle() {
   if (document.getElementById("p3s-picker-style")) return;
@@ -54,6 +71,21 @@ function viewUrl(ref, bust) {
   return api.apiURL("/view?" + q.toString());
 }
 
+function buildLegend() {
+  const legend = el("div", "p3s-picker-legend");
+  for (const [mark, color, text] of LEGEND) {
+    const item = el("span");
+    if (mark) {
+      const b = el("b", null, mark + " ");
+      b.style.color = color;
+      item.append(b);
+    }
+    item.append(text);
+    legend.append(item);
+  }
+  return legend;
+}
+
 class PointPicker {
   constructor(node) {
     this.node = node;
@@ -63,43 +95,50 @@ class PointPicker {
     this.undoStack = [];
     this.image = null; // HTMLImageElement once loaded
     this.imageRef = null; // {filename, subfolder, type} of the displayed image
-    this.imageKey = "";
     this.wantedKey = "";
     this.executedRef = null;
-    this.overlay = null; // canvas with the coloured mask
+    this.overlay = null; // canvas with the selection tint
     this.overlayFor = "";
+    this.overlayDrawn = false;
     this.selectCount = 0; // answered /p3s/select calls (tests read it)
     this.lastSelect = null; // {ok, area | error}
     this.drag = null;
     this.abort = null;
     this.timer = null;
     this.loadGen = 0;
+    this.home = null; // {graph, id} once the node is in a graph
+    this.upstream = { widget: null, node: null, off: null };
     this.disposed = false;
     this.build();
+    this.offText = this.textWidget ? onWidgetChange(this.textWidget, () => this.syncFromText(false)) : null;
     this.syncFromText(true);
-    this.poll = setInterval(() => this.tick(), POLL_MS);
   }
 
   // ---------- DOM ----------
   build() {
     ensureStyle();
-    const root = (this.root = el("div", "p3s-picker"));
+    // "widget-expands": the frontend's class for a widget that fills the node (Vue nodes mode grows its row).
+    const root = (this.root = el("div", "p3s-picker widget-expands"));
     const bar = el("div", "p3s-picker-bar");
     const undo = el("button", null, "Undo");
     undo.title = "Undo the last edit";
     const clear = el("button", null, "Clear");
     clear.title = "Remove all points";
-    const json = el("button", null, "JSON");
-    json.title = "Show/hide the raw points text (you can type the JSON there)";
+    const json = (this.jsonButton = el("button", null, "JSON"));
+    json.title = "Show/hide the points as text (you can type or paste JSON there)";
     this.status = el("span", "p3s-picker-status", "");
     bar.append(undo, clear, json, this.status);
+    this.editor = el("textarea", "p3s-picker-json");
+    this.editor.spellcheck = false;
+    this.editor.style.display = "none";
     const wrap = (this.wrap = el("div", "p3s-picker-wrap"));
     const canvas = (this.canvas = el("canvas", "p3s-picker-canvas"));
-    canvas.dataset.p3sNode = String(this.node.id);
     this.hint = el("div", "p3s-picker-hint",
-      "Connect a Load Image, or drop an image here.\nLeft click: subject point · right/shift click: exclude point");
+      "Connect a Load Image, or drop an image here.\nThen left click the subject (right or shift click excludes).");
     wrap.append(canvas, this.hint);
-    root.append(bar, wrap);
+    this.legend = buildLegend();
+    this.legend.style.display = "none";
+    root.append(bar, this.editor, wrap, this.legend);
 
     this.listeners = [];
     const on = (target, type, fn, opts) => {
@@ -108,12 +147,14 @@ class PointPicker {
     };
     on(undo, "click", (e) => { e.stopPropagation(); this.undo(); });
     on(clear, "click", (e) => { e.stopPropagation(); this.edit(() => { this.points.positive = []; this.points.negative = []; }); });
-    on(json, "click", (e) => { e.stopPropagation(); this.toggleText(); });
+    on(json, "click", (e) => { e.stopPropagation(); this.toggleEditor(); });
+    on(this.editor, "input", () => this.setTextFromEditor(false));
+    on(this.editor, "change", () => this.setTextFromEditor(true));
+    on(this.editor, "keydown", (e) => e.stopPropagation()); // typing is not a canvas shortcut
     on(canvas, "pointerdown", (e) => this.onDown(e));
     on(canvas, "pointermove", (e) => this.onMove(e));
     on(canvas, "pointerup", (e) => this.onUp(e));
     on(canvas, "pointercancel", () => { this.drag = null; });
-    on(canvas, "contextmenu", (e) => { e.preventDefault(); e.stopPropagation(); });
     on(root, "contextmenu", (e) => { e.preventDefault(); e.stopPropagation(); });
     on(wrap, "dragover", (e) => {
       if (e.dataTransfer?.types?.includes("Files")) { e.preventDefault(); e.stopPropagation(); wrap.classList.add("p3s-drop"); }
@@ -131,26 +172,27 @@ class PointPicker {
     this.resizeObs.observe(wrap);
   }
 
-  setTextHidden(hidden) {
-    const w = this.textWidget;
-    if (!w) return;
-    if (!("_p3sComputeSize" in this)) this._p3sComputeSize = Object.prototype.hasOwnProperty.call(w, "computeSize") ? w.computeSize : undefined;
-    w.hidden = hidden;
-    // litegraph's layout still reserves space for hidden widgets: give the hidden one no height.
-    if (hidden) w.computeSize = () => [0, -4];
-    else if (this._p3sComputeSize) w.computeSize = this._p3sComputeSize;
-    else delete w.computeSize;
+  toggleEditor() {
+    const show = this.editor.style.display === "none";
+    this.editor.style.display = show ? "" : "none";
+    this.jsonButton.classList.toggle("p3s-on", show);
+    if (show) this.editor.value = this.textValue();
   }
 
-  toggleText() {
+  /** Typing in the JSON box edits the points text; the change tracker hears of it when the edit is committed. */
+  setTextFromEditor(commit) {
     const w = this.textWidget;
     if (!w) return;
-    this.setTextHidden(!w.hidden);
-    this.node.setSize?.([this.node.size[0], Math.max(this.node.size[1], this.node.computeSize()[1])]);
-    this.node.setDirtyCanvas?.(true, true);
+    const text = this.editor.value;
+    if (text !== this.textValue()) {
+      w.value = text;
+      w.callback?.(text); // our listener re-reads the points
+    }
+    if (commit) notifyGraphChanged(app);
   }
 
   layout() {
+    if (this.disposed) return;
     const box = this.wrap.getBoundingClientRect();
     // The DOM layer may scale the element with the canvas zoom: work in the element's own CSS pixels.
     const bw = this.wrap.clientWidth, bh = this.wrap.clientHeight;
@@ -166,7 +208,50 @@ class PointPicker {
     const pw = Math.max(1, Math.round(r.w * dpr)), ph = Math.max(1, Math.round(r.h * dpr));
     if (c.width !== pw || c.height !== ph) { c.width = pw; c.height = ph; }
     this.hint.style.display = img ? "none" : "flex";
+    this.legend.style.display = img ? "" : "none";
     this.draw();
+  }
+
+  // ---------- graph membership ----------
+  /** The node joined a graph (created, pasted, or rebuilt by undo/redo/load): follow its id and inputs. */
+  attach(graph) {
+    if (this.disposed || !graph) return;
+    this.home = { graph, id: this.node.id };
+    this.canvas.dataset.p3sNode = String(this.node.id);
+    adoptParkedElement(graph, this.node.id, this.root, !!globalThis.LiteGraph?.vueNodesMode);
+    this.scheduleRefresh();
+  }
+
+  /** Re-read everything the widget shows, once, after the current task (a whole graph configures in one task). */
+  scheduleRefresh() {
+    if (this.refreshQueued || this.disposed) return;
+    this.refreshQueued = true;
+    queueMicrotask(() => {
+      this.refreshQueued = false;
+      this.refresh();
+    });
+  }
+
+  refresh() {
+    if (this.disposed) return;
+    if (this.node.id != null) this.canvas.dataset.p3sNode = String(this.node.id);
+    this.watchUpstream();
+    this.syncFromText(false);
+    const ref = this.currentRef();
+    const key = refKey(ref);
+    if (key !== this.wantedKey) {
+      this.wantedKey = key;
+      this.loadImage(ref);
+    }
+  }
+
+  /** Listen to the connected Load Image's `image` widget (its callback fires when the user picks a file). */
+  watchUpstream() {
+    const up = upstreamNode(this.node, "image");
+    const widget = up?.widgets?.find((w) => w.name === "image" && typeof w.value === "string") || null;
+    if (widget === this.upstream.widget && up === this.upstream.node) return;
+    this.upstream.off?.();
+    this.upstream = { node: up, widget, off: widget ? onWidgetChange(widget, () => this.scheduleRefresh()) : null };
   }
 
   // ---------- points text <-> state ----------
@@ -174,21 +259,28 @@ class PointPicker {
     return this.textWidget ? String(this.textWidget.value ?? "") : "";
   }
 
+  /** The parsed points in the displayed image's pixels (in memory only: the text is not rewritten). */
+  fitToImage(parsed) {
+    const img = this.image;
+    if (!img) return parsed;
+    const W = img.naturalWidth, H = img.naturalHeight;
+    if (parsed.width === 0) return { ...parsed, width: W, height: H }; // KJNodes list: already image pixels
+    return rescalePoints(parsed, W, H);
+  }
+
   syncFromText(force) {
     const text = this.textValue();
     if (!force && text === this.lastText) return;
     this.lastText = text;
+    if (this.editor.style.display !== "none" && document.activeElement !== this.editor) this.editor.value = text;
     const parsed = parsePoints(text);
     if (!parsed) { this.setStatus("points text is not valid JSON (fix it or click Clear)", true); return; }
-    this.points = parsed;
-    if (this.image && parsed.width === 0 && countPoints(parsed)) {
-      this.points.width = this.image.naturalWidth; // KJNodes list / no size: the displayed image's pixels
-      this.points.height = this.image.naturalHeight;
-    }
+    this.points = this.fitToImage(parsed);
     this.draw();
     this.scheduleSelect();
   }
 
+  /** Store the edited points in the text widget and tell the frontend (undo history, modified flag, drafts). */
   writeText() {
     const text = serializePoints(this.points);
     this.lastText = text;
@@ -196,15 +288,9 @@ class PointPicker {
       this.textWidget.value = text;
       this.textWidget.callback?.(text);
     }
+    if (this.editor.style.display !== "none") this.editor.value = text;
     this.node.setDirtyCanvas?.(true, false);
-    this.node.graph?.change?.();
-    // Tell the frontend's change tracker now (undo history + the workflow persisted for reloads); it would
-    // otherwise only notice on the next mouseup/keydown. Optional: absent on other frontends.
-    try {
-      app.extensionManager?.workflow?.activeWorkflow?.changeTracker?.checkState?.();
-    } catch (e) {
-      console.debug("P3S: change tracker not reachable", e);
-    }
+    notifyGraphChanged(app);
   }
 
   edit(fn) {
@@ -227,13 +313,9 @@ class PointPicker {
 
   // ---------- image sources ----------
   upstreamRef() {
-    const idx = this.node.inputs?.findIndex((i) => i.name === "image") ?? -1;
-    if (idx < 0 || this.node.inputs[idx].link == null) return null;
-    const up = this.node.getInputNode?.(idx);
-    if (!up) return null;
-    const combo = up.widgets?.find((w) => w.name === "image" && typeof w.value === "string");
-    if (combo) return parseImageRef(combo.value, "input");
-    const src = up.imgs?.[0]?.src;
+    const { node: up, widget } = this.upstream;
+    if (widget) return parseImageRef(widget.value, "input");
+    const src = up?.imgs?.[0]?.src;
     return src ? refFromViewUrl(src) : null;
   }
 
@@ -241,24 +323,11 @@ class PointPicker {
     return this.upstreamRef() || this.node.properties?.p3s_image || this.executedRef || null;
   }
 
-  tick() {
-    if (this.disposed) return;
-    this.canvas.dataset.p3sNode = String(this.node.id); // ids are assigned when the node joins a graph
-    this.syncFromText(false);
-    const ref = this.currentRef();
-    const key = refKey(ref);
-    if (key !== this.wantedKey) {
-      this.wantedKey = key;
-      this.loadImage(ref);
-    }
-  }
-
   loadImage(ref, bust) {
     const gen = ++this.loadGen;
     if (!ref) {
       this.image = null;
       this.imageRef = null;
-      this.imageKey = "";
       this.overlay = null;
       this.layout();
       return;
@@ -268,15 +337,9 @@ class PointPicker {
       if (gen !== this.loadGen || this.disposed) return;
       this.image = img;
       this.imageRef = ref;
-      this.imageKey = refKey(ref);
       this.overlay = null;
-      const W = img.naturalWidth, H = img.naturalHeight;
-      if (this.points.width !== W || this.points.height !== H) {
-        const had = countPoints(this.points) > 0;
-        this.points = rescalePoints(this.points, W, H);
-        if (had || this.textValue().trim()) this.writeText();
-      }
-      this.setStatus(`${W}×${H}`);
+      this.setStatus(`${img.naturalWidth}×${img.naturalHeight}`);
+      this.syncFromText(true); // the stored points, shown in this image's pixels
       this.layout();
       this.scheduleSelect(0);
     };
@@ -299,10 +362,10 @@ class PointPicker {
       const data = await res.json();
       if (this.disposed) return;
       const ref = { filename: data.name, subfolder: data.subfolder || "", type: data.type || "input" };
-      const idx = this.node.inputs?.findIndex((i) => i.name === "image") ?? -1;
-      const up = idx >= 0 && this.node.inputs[idx].link != null ? this.node.getInputNode?.(idx) : null;
-      const combo = up?.widgets?.find((w) => w.name === "image" && Array.isArray(w.options?.values));
-      if (combo) { // a connected Load Image: select the uploaded file there, so the backend uses it too
+      this.watchUpstream();
+      const combo = this.upstream.widget;
+      if (combo && Array.isArray(combo.options?.values)) {
+        // a connected Load Image: select the uploaded file there, so the backend uses it too
         const name = ref.subfolder ? `${ref.subfolder}/${ref.filename}` : ref.filename;
         if (!combo.options.values.includes(name)) combo.options.values.push(name);
         combo.value = name;
@@ -311,17 +374,18 @@ class PointPicker {
         this.node.properties = this.node.properties || {};
         this.node.properties.p3s_image = ref;
       }
-      this.tick();
+      notifyGraphChanged(app);
+      this.refresh();
     } catch (e) {
       this.setStatus(`upload failed: ${e.message || e}`, true);
     }
   }
 
   onExecuted(message) {
-    const im = message?.images?.[0];
+    const im = message?.[UI_IMAGE_KEY]?.[0];
     if (!im?.filename) return;
     this.executedRef = { filename: im.filename, subfolder: im.subfolder || "", type: im.type || "temp" };
-    this.tick();
+    this.refresh();
   }
 
   // ---------- live selection preview ----------
@@ -341,6 +405,7 @@ class PointPicker {
     }
     const ctrl = (this.abort = new AbortController());
     const pointsText = serializePoints(this.points);
+    const storedText = this.lastText;
     try {
       const res = await api.fetchApi("/p3s/select", {
         method: "POST",
@@ -361,21 +426,8 @@ class PointPicker {
       const mask = new Image();
       mask.onload = () => {
         if (ctrl.signal.aborted || this.disposed) return;
-        const c = document.createElement("canvas");
-        c.width = mask.naturalWidth;
-        c.height = mask.naturalHeight;
-        const ctx = c.getContext("2d");
-        ctx.drawImage(mask, 0, 0);
-        const px = ctx.getImageData(0, 0, c.width, c.height);
-        const d = px.data;
-        for (let i = 0; i < d.length; i += 4) {
-          const on = d[i] > 127;
-          d[i] = OVERLAY_RGB[0]; d[i + 1] = OVERLAY_RGB[1]; d[i + 2] = OVERLAY_RGB[2];
-          d[i + 3] = on ? 115 : 0;
-        }
-        ctx.putImageData(px, 0, 0);
-        this.overlay = c;
-        this.overlayFor = pointsText;
+        this.overlay = tintFromMask(mask);
+        this.overlayFor = storedText; // the stored text this tint shows
         this.lastSelect = { ok: true, area: data.area };
         this.setStatus(`${data.width}×${data.height} · selected ${(100 * data.area).toFixed(1)}%`);
         this.draw();
@@ -394,60 +446,8 @@ class PointPicker {
     this.status.classList.toggle("p3s-error", !!error);
   }
 
-  // ---------- drawing ----------
   draw() {
-    const c = this.canvas, img = this.image;
-    const ctx = c.getContext("2d");
-    ctx.setTransform(1, 0, 0, 1, 0, 0);
-    ctx.clearRect(0, 0, c.width, c.height);
-    this.overlayDrawn = false;
-    if (!img || c.width < 2) return;
-    ctx.drawImage(img, 0, 0, c.width, c.height);
-    if (this.overlay && countPoints(this.points) && this.points.positive.length) {
-      ctx.imageSmoothingEnabled = false;
-      ctx.drawImage(this.overlay, 0, 0, c.width, c.height);
-      ctx.imageSmoothingEnabled = true;
-      this.overlayDrawn = true;
-    }
-    const sx = c.width / img.naturalWidth, sy = c.height / img.naturalHeight;
-    const unit = c.width / Math.max(1, parseFloat(c.style.width) || c.width); // device px per CSS px
-    const r = 8 * unit;
-    ctx.lineWidth = 2 * unit;
-    ctx.textAlign = "center";
-    ctx.textBaseline = "middle";
-    ctx.font = `bold ${Math.round(10 * unit)}px sans-serif`;
-    this.points.negative.forEach((p, i) => {
-      const x = p.x * sx, y = p.y * sy;
-      ctx.strokeStyle = "#000a";
-      ctx.lineWidth = 4 * unit;
-      ctx.beginPath(); ctx.arc(x, y, r, 0, Math.PI * 2); ctx.stroke();
-      ctx.strokeStyle = NEG_COLOR;
-      ctx.lineWidth = 2.5 * unit;
-      ctx.beginPath(); ctx.arc(x, y, r, 0, Math.PI * 2); ctx.stroke();
-      const k = r * 0.5;
-      ctx.beginPath(); ctx.moveTo(x - k, y - k); ctx.lineTo(x + k, y + k); ctx.moveTo(x + k, y - k); ctx.lineTo(x - k, y + k); ctx.stroke();
-      this.badge(ctx, x + r, y - r, `−${i + 1}`, NEG_COLOR, unit);
-    });
-    this.points.positive.forEach((p, i) => {
-      const x = p.x * sx, y = p.y * sy;
-      ctx.fillStyle = POS_COLOR;
-      ctx.strokeStyle = "#fff";
-      ctx.lineWidth = 2 * unit;
-      ctx.beginPath(); ctx.arc(x, y, r, 0, Math.PI * 2); ctx.fill(); ctx.stroke();
-      ctx.fillStyle = "#000";
-      ctx.fillText(String(i + 1), x, y + 0.5 * unit);
-    });
-  }
-
-  badge(ctx, x, y, text, color, unit) {
-    ctx.save();
-    ctx.font = `bold ${Math.round(9 * unit)}px sans-serif`;
-    const w = ctx.measureText(text).width + 6 * unit, h = 12 * unit;
-    ctx.fillStyle = color;
-    ctx.fillRect(x - w / 2, y - h / 2, w, h);
-    ctx.fillStyle = "#fff";
-    ctx.fillText(text, x, y + 0.5 * unit);
-    ctx.restore();
+    this.overlayDrawn = drawPicker(this.canvas, this.image, this.overlay, this.points);
   }
 
   // ---------- pointer interaction ----------
@@ -512,16 +512,23 @@ class PointPicker {
   }
 
   // ---------- cleanup ----------
+  /**
+   * The node left its graph. The element stays where the frontend mounted it (the frontend removes it with the
+   * node's view) but is emptied; a node with the same id created by the same graph rebuild takes its place.
+   */
   dispose() {
     this.disposed = true;
-    clearInterval(this.poll);
     clearTimeout(this.timer);
     this.abort?.abort();
     this.loadGen++;
+    this.offText?.();
+    this.upstream.off?.();
+    this.upstream = { widget: null, node: null, off: null };
     this.resizeObs?.disconnect();
     for (const [t, type, fn, opts] of this.listeners) t.removeEventListener(type, fn, opts);
     this.listeners = [];
-    this.root.remove();
+    this.root.replaceChildren();
+    if (this.home) parkElement(this.home.graph, this.home.id, this.root);
   }
 }
 
@@ -529,10 +536,16 @@ app.registerExtension({
   name: "P3S.PointPicker",
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData?.name !== NODE_ID) return;
+    const chain = (name, after) => {
+      const before = nodeType.prototype[name];
+      nodeType.prototype[name] = function () {
+        const r = before?.apply(this, arguments);
+        after.apply(this, arguments);
+        return r;
+      };
+    };
 
-    const onNodeCreated = nodeType.prototype.onNodeCreated;
-    nodeType.prototype.onNodeCreated = function () {
-      const r = onNodeCreated?.apply(this, arguments);
+    chain("onNodeCreated", function () {
       try {
         const picker = new PointPicker(this);
         this.p3sPicker = picker;
@@ -545,34 +558,26 @@ app.registerExtension({
         });
         widget.serialize = false; // not in widgets_values: saved workflows keep their widget order
         picker.domWidget = widget;
-        picker.setTextHidden(true); // the "JSON" button shows it again
+        if (picker.textWidget) hideWidget(this, picker.textWidget); // the JSON button edits it in the widget
         const [w, h] = this.size;
-        this.setSize([Math.max(w, 360), Math.max(h, 420)]);
+        this.setSize([Math.max(w, 360), Math.max(h, 440)]);
       } catch (e) {
         console.error("P3S: Point Picker widget failed; the points text widget still works", e);
       }
-      return r;
-    };
-
-    const onExecuted = nodeType.prototype.onExecuted;
-    nodeType.prototype.onExecuted = function (message) {
-      const r = onExecuted?.apply(this, arguments);
-      this.p3sPicker?.onExecuted(message);
-      return r;
-    };
+    });
+    chain("onAdded", function (graph) { this.p3sPicker?.attach(graph || this.graph); });
+    chain("onConfigure", function () {
+      this.p3sPicker?.syncFromText(true);
+      this.p3sPicker?.scheduleRefresh();
+    });
+    chain("onConnectionsChange", function () { this.p3sPicker?.scheduleRefresh(); });
+    chain("onExecuted", function (message) { this.p3sPicker?.onExecuted(message); });
+    chain("onResize", function () { requestAnimationFrame(() => this.p3sPicker?.layout()); });
 
     const onRemoved = nodeType.prototype.onRemoved;
     nodeType.prototype.onRemoved = function () {
       this.p3sPicker?.dispose();
-      this.p3sPicker = null;
       return onRemoved?.apply(this, arguments);
-    };
-
-    const onResize = nodeType.prototype.onResize;
-    nodeType.prototype.onResize = function () {
-      const r = onResize?.apply(this, arguments);
-      requestAnimationFrame(() => this.p3sPicker?.layout());
-      return r;
     };
   },
 });
