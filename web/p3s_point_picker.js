@@ -11,7 +11,8 @@ import {
   MAX_POINTS, countPoints, emptyPoints, fitRect, hitTest, parseImageRef, parsePoints, refFromViewUrl, refKey,
   rescalePoints, serializePoints,
 } from "./lib/p3s_points.js";
-import { drawPicker, tintFromMask, NEG_COLOR, POS_COLOR } from "./lib/p3s_draw.js";
+import { drawPicker, tintFromMask } from "./lib/p3s_draw.js";
+import { buildLegend, el, ensureStyle } from "./lib/p3s_dom.js";
 import {
   adoptParkedElement, hideWidget, notifyGraphChanged, onWidgetChange, parkElement, upstreamNode,
 } from "./lib/p3s_frontend.js";
@@ -22,68 +23,10 @@ const HIT_PX = 12; // hit radius on screen (CSS px) for selecting a point
 const DRAG_PX = 4; // movement before a press on a point becomes a drag
 const UI_IMAGE_KEY = "p3s_image"; // the node's UI output: the reference image of the last run (nodes/picker.py)
 
-const STYLE = `
-.p3s-picker{display:flex;flex-direction:column;gap:4px;width:100%;height:100%;box-sizing:border-box;
-  font:12px sans-serif;color:#ddd;user-select:none}
-.p3s-picker-bar{display:flex;gap:4px;align-items:center;flex:0 0 auto}
-.p3s-picker-bar button{background:#333;color:#eee;border:1px solid #555;border-radius:4px;padding:1px 8px;
-  cursor:pointer;font:12px sans-serif}
-.p3s-picker-bar button:hover{background:#444}
-.p3s-picker-bar button.p3s-on{background:#2b4a6b}
-.p3s-picker-status{flex:1;overflow:hidden;white-space:nowrap;text-overflow:ellipsis;opacity:.85}
-.p3s-picker-status.p3s-error{color:#f87171;opacity:1}
-.p3s-picker-json{flex:0 0 64px;resize:none;box-sizing:border-box;width:100%;font:11px monospace;color:#ddd;
-  background:#111;border:1px solid #555;border-radius:4px;padding:3px;user-select:text}
-.p3s-picker-wrap{position:relative;flex:1 1 auto;min-height:60px;background:#1118;border-radius:4px;overflow:hidden}
-.p3s-picker-wrap.p3s-drop{outline:2px dashed #22c55e}
-.p3s-picker-canvas{position:absolute;cursor:crosshair;touch-action:none}
-.p3s-picker-hint{position:absolute;inset:0;display:flex;align-items:center;justify-content:center;
-  text-align:center;padding:8px;opacity:.6;pointer-events:none;white-space:pre-line}
-.p3s-picker-legend{display:flex;flex-wrap:wrap;gap:1px 10px;flex:0 0 auto;font-size:11px;opacity:.8;line-height:14px}
-.p3s-picker-legend b{font-weight:bold}
-`;
-
-const LEGEND = [
-  ["●", POS_COLOR, "left click: subject"],
-  ["✕", NEG_COLOR, "right / shift click: exclude"],
-  ["", null, "click a point: delete"],
-  ["", null, "drag a point: move"],
-];
-
-function ensureStyle() {
-  if (document.getElementById("p3s-picker-style")) return;
-  const el = document.createElement("style");
-  el.id = "p3s-picker-style";
-  el.textContent = STYLE;
-  document.head.appendChild(el);
-}
-
-function el(tag, cls, text) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text != null) e.textContent = text;
-  return e;
-}
-
 function viewUrl(ref, bust) {
   const q = new URLSearchParams({ filename: ref.filename, type: ref.type || "input", subfolder: ref.subfolder || "" });
   if (bust) q.set("rand", String(bust));
   return api.apiURL("/view?" + q.toString());
-}
-
-function buildLegend() {
-  const legend = el("div", "p3s-picker-legend");
-  for (const [mark, color, text] of LEGEND) {
-    const item = el("span");
-    if (mark) {
-      const b = el("b", null, mark + " ");
-      b.style.color = color;
-      item.append(b);
-    }
-    item.append(text);
-    legend.append(item);
-  }
-  return legend;
 }
 
 class PointPicker {
@@ -111,6 +54,9 @@ class PointPicker {
     this.disposed = false;
     this.build();
     this.offText = this.textWidget ? onWidgetChange(this.textWidget, () => this.syncFromText(false)) : null;
+    // Any other widget of the node (a selection option) re-runs the live preview, which receives its value.
+    this.offOptions = (node.widgets || []).filter((w) => w !== this.textWidget)
+      .map((w) => onWidgetChange(w, () => this.scheduleSelect()));
     this.syncFromText(true);
   }
 
@@ -410,7 +356,7 @@ class PointPicker {
       const res = await api.fetchApi("/p3s/select", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ image: ref, points: pointsText }),
+        body: JSON.stringify({ image: ref, points: pointsText, options: this.selectOptions() }),
         signal: ctrl.signal,
       });
       const data = await res.json().catch(() => ({ error: `P3S: preview failed (${res.status})` }));
@@ -438,6 +384,16 @@ class PointPicker {
       this.lastSelect = { ok: false, error: String(e?.message || e) };
       this.setStatus(`preview failed: ${this.lastSelect.error}`, true);
     }
+  }
+
+  /** The node's other widget values ({name: value}), for /p3s/select options that mirror node inputs. */
+  selectOptions() {
+    const options = {};
+    for (const w of this.node.widgets || []) {
+      if (w === this.textWidget || w === this.domWidget || !w.name) continue;
+      if (["boolean", "number", "string"].includes(typeof w.value)) options[w.name] = w.value;
+    }
+    return options;
   }
 
   setStatus(text, error = false) {
@@ -522,6 +478,7 @@ class PointPicker {
     this.abort?.abort();
     this.loadGen++;
     this.offText?.();
+    for (const off of this.offOptions) off();
     this.upstream.off?.();
     this.upstream = { widget: null, node: null, off: null };
     this.resizeObs?.disconnect();
