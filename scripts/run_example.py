@@ -4,8 +4,9 @@
     python scripts/run_example.py [--out outputs] [--models DIR] [--checkpoint NAME] [--clip-vision NAME|auto|none]
 
 What it does, in order:
-1. starts a real ComfyUI server on a free 127.0.0.1 port, exactly like the tests' server fixture (the pack
-   symlinked into a temporary base directory's custom_nodes, ``main.py --listen 127.0.0.1 --port N ...``);
+1. starts a real ComfyUI server on a free 127.0.0.1 port with ``p3s_host.server.Server`` (the pack and the
+   tiny-model registrar symlinked into a temporary base directory's custom_nodes,
+   ``main.py --listen 127.0.0.1 --port N ...``), the same helper the tests' server fixture uses;
 2. copies the shipped reference ``assets/two_dogs.png`` into the server's input folder;
 3. converts ``example_workflows/p3s_two_dogs_sd15.json`` (UI format) to an API prompt with the server's
    ``/object_info`` (scripts/ui_to_api.py) and maps its model file names;
@@ -34,8 +35,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
-sys.path.insert(0, str(REPO / "tests" / "support"))
-import host as host_support  # noqa: E402  (tests/support/host.py: make_layout, Server, COMFYUI_DIR)
+sys.path.append(str(REPO))  # p3s_host; appended so nothing here shadows another top-level module
+from p3s_host import server as host_server  # noqa: E402
 import ui_to_api  # noqa: E402
 
 EXAMPLE = REPO / "example_workflows" / "p3s_two_dogs_sd15.json"
@@ -93,42 +94,14 @@ def find_nodes(prompt: dict, class_type: str, title: str | None = None) -> list[
 
 
 def write_tiny_models(base: Path) -> None:
-    """Tiny random checkpoint + CLIP vision in base/models, written by tests/support/tiny_models.py."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[2]);"
-            "import comfy.options; comfy.options.enable_args_parsing(False);"
-            "from comfy.cli_args import args; args.cpu = True;"
-            "import tiny_models as t; t.make_checkpoint(sys.argv[3]); t.make_clip_vision_file(sys.argv[4])")
-    subprocess.run([sys.executable, "-c", code, str(host_support.COMFYUI_DIR), str(host_support.SUPPORT),
+    """Tiny random checkpoint + CLIP vision in base/models (p3s_host/tiny_models.py, in a ComfyUI subprocess)."""
+    code = ("import sys; sys.path.append(sys.argv[1]);"
+            "from p3s_host.comfy_env import import_comfy; import_comfy(sys.argv[2], cpu=True);"
+            "from p3s_host import tiny_models as t; t.make_checkpoint(sys.argv[3]); t.make_clip_vision_file(sys.argv[4])")
+    subprocess.run([sys.executable, "-c", code, str(REPO), str(host_server.COMFYUI_DIR),
                     str(base / "models" / "checkpoints" / TINY_CKPT),
                     str(base / "models" / "clip_vision" / TINY_CLIP_VISION)],
-                   check=True, cwd=str(host_support.COMFYUI_DIR))
-
-
-def models_yaml(base: Path, models: Path) -> Path:
-    y = base / "user_models.yaml"
-    y.write_text(f"p3s_user_models:\n  base_path: {models}\n  checkpoints: checkpoints\n"
-                 "  clip_vision: clip_vision\n  p3s: p3s\n  vae: vae\n  loras: loras\n")
-    return y
-
-
-def start_server(base: Path, extra_args: tuple, cpu: bool) -> host_support.Server:
-    if cpu:
-        return host_support.Server(base, extra_args)
-    # Same command as host_support.Server, minus --cpu.
-    srv = host_support.Server.__new__(host_support.Server)
-    srv.base = base
-    layout = host_support.make_layout(base)
-    srv.port = host_support.free_port()
-    srv.url = f"http://127.0.0.1:{srv.port}"
-    srv.log_path = base / "server.log"
-    cmd = [sys.executable, "main.py", "--listen", "127.0.0.1", "--port", str(srv.port), "--base-directory", str(base),
-           "--extra-model-paths-config", str(layout["yaml"]), "--disable-auto-launch", "--disable-api-nodes",
-           "--database-url", "sqlite:///:memory:", "--preview-method", "none", *extra_args]
-    srv._log = open(srv.log_path, "w")
-    srv.proc = subprocess.Popen(cmd, cwd=host_support.COMFYUI_DIR, stdout=srv._log, stderr=subprocess.STDOUT,
-                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    srv._wait_ready(180)
-    return srv
+                   check=True, cwd=str(host_server.COMFYUI_DIR))
 
 
 def save_outputs(srv, prompt: dict, entry: dict, out: Path) -> list[Path]:
@@ -177,15 +150,15 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     t0 = time.time()
-    if not (host_support.COMFYUI_DIR / "main.py").is_file():
-        log(f"no ComfyUI at {host_support.COMFYUI_DIR}: run scripts/setup_host.sh first (or set COMFYUI_DIR)")
+    if not (host_server.COMFYUI_DIR / "main.py").is_file():
+        log(f"no ComfyUI at {host_server.COMFYUI_DIR}: run scripts/setup_host.sh first (or set COMFYUI_DIR)")
         return 2
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="p3s_example_"))
-    host_support.make_layout(base)
+    host_server.make_layout(base)
     tiny = not a.models
-    extra: tuple = ()
+    models = None
     clip_name = None
     if tiny:
         log(f"NOTE: {TINY_NOTICE}")
@@ -198,7 +171,6 @@ def main(argv=None) -> int:
             log(f"checkpoint {checkpoint!r} not found in {models / 'checkpoints'}: put an SD1.5 checkpoint there "
                 "or name yours with --checkpoint NAME")
             return 2
-        extra = ("--extra-model-paths-config", str(models_yaml(base, models)))
         steps, size = a.steps, a.size
         if a.clip_vision == "auto":
             clip_name = next((n for n in CLIP_VISION_NAMES if (models / "clip_vision" / n).is_file()), None)
@@ -211,8 +183,8 @@ def main(argv=None) -> int:
         cpu = a.cpu or not torch.cuda.is_available()
     except ImportError:
         cpu = True
-    log(f"starting ComfyUI ({host_support.COMFYUI_DIR}) on 127.0.0.1{' with --cpu' if cpu else ''}")
-    srv = start_server(base, extra, cpu)
+    log(f"starting ComfyUI ({host_server.COMFYUI_DIR}) on 127.0.0.1{' with --cpu' if cpu else ''}")
+    srv = host_server.Server(base, models=models, cpu=cpu, timeout=180)
     try:
         log(f"server up at {srv.url} after {time.time() - t0:.1f}s")
         shutil.copy(REFERENCE, base / "input" / REFERENCE.name)
@@ -226,7 +198,7 @@ def main(argv=None) -> int:
         entry = srv.run(prompt, timeout=3600)
         log(f"workflow ran in {time.time() - t1:.1f}s")
         files = save_outputs(srv, prompt, entry, out)
-    except host_support.ExecutionFailed as e:
+    except host_server.ExecutionFailed as e:
         log(f"the workflow failed: {e}\n(server log: {srv.log_path})")
         return 1
     finally:

@@ -36,7 +36,7 @@ def host(tmp_path_factory) -> host_support.InProcessHost:
 def server(tmp_path_factory, host):
     """A real ComfyUI server subprocess with the pack and tiny models; stopped at the end."""
     base = tmp_path_factory.mktemp("server")
-    host_support.make_layout(base)
+    host_support.make_layout(base)  # the models folders, so the tiny files can be written before start
     host.tiny.make_checkpoint(str(base / "models" / "checkpoints" / "tiny_sd15.safetensors"))
     host.tiny.make_sdxl_checkpoint(str(base / "models" / "checkpoints" / "tiny_sdxl.safetensors"))
     host.tiny.make_clip_vision_file(str(base / "models" / "clip_vision" / "tiny_clip_vision.safetensors"))

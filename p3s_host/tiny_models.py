@@ -1,4 +1,4 @@
-"""Tiny random-weight models for tests (test data, never shipped to users).
+"""Tiny random-weight models for the demo, the benches and the tests (no download, seconds to write).
 
 They go through the same ComfyUI loading code users run: a tiny SD1.5-shaped family registered in
 ``comfy.supported_models`` so a 13 MB checkpoint loads through CheckpointLoaderSimple, a tiny
@@ -29,7 +29,7 @@ TINY_CLIP_JSON = os.path.join(_TMP, "p3s_tiny_clip_text_config.json")
 TINY_CLIP_VISION_JSON = os.path.join(_TMP, "p3s_tiny_clip_vision_config.json")
 TINY_CLIP_L32_JSON = os.path.join(_TMP, "p3s_tiny_clip_l32_config.json")
 TINY_CLIP_G32_JSON = os.path.join(_TMP, "p3s_tiny_clip_g32_config.json")
-# Marker key that lets the test-only registrar recognise a tiny CLIP vision file in CLIPVisionLoader.
+# Marker key that lets the tiny registrar recognise a tiny CLIP vision file in CLIPVisionLoader.
 TINY_CLIP_VISION_MARKER = "p3s_tiny_clip_vision_marker"
 CLIP_VISION_WIDTH = 64
 
@@ -86,7 +86,8 @@ class TinySD15(comfy.supported_models.SD15):
 
 
 class _TinyClipG(comfy.sdxl_clip.SDXLClipG):
-    def __init__(self, device="cpu", dtype=None, model_options={}):
+    def __init__(self, device="cpu", dtype=None, model_options=None):
+        model_options = model_options or {}
         comfy.sd1_clip.SDClipModel.__init__(
             self, device=device, layer="hidden", layer_idx=-2, textmodel_json_config=TINY_CLIP_G32_JSON,
             dtype=dtype, special_tokens={"start": 49406, "end": 49407, "pad": 0}, layer_norm_hidden_state=False,
@@ -94,7 +95,8 @@ class _TinyClipG(comfy.sdxl_clip.SDXLClipG):
 
 
 class TinySDXLClipModel(comfy.sdxl_clip.SDXLClipModel):
-    def __init__(self, device="cpu", dtype=None, model_options={}):
+    def __init__(self, device="cpu", dtype=None, model_options=None):
+        model_options = model_options or {}
         torch.nn.Module.__init__(self)
         self.clip_l = comfy.sd1_clip.SDClipModel(layer="hidden", layer_idx=-2, device=device, dtype=dtype,
                                                  layer_norm_hidden_state=False, textmodel_json_config=TINY_CLIP_L32_JSON,
@@ -108,7 +110,7 @@ class TinySDXL(comfy.supported_models.SDXL):
                    "adm_in_channels": 32 + 6 * 256, "use_temporal_attention": False}
     unet_extra_config = {"num_head_channels": 16}
 
-    def clip_target(self, state_dict={}):
+    def clip_target(self, state_dict=None):
         return comfy.supported_models_base.ClipTarget(comfy.sdxl_clip.SDXLTokenizer, TinySDXLClipModel)
 
 
@@ -125,7 +127,7 @@ def _tiny_clip_vision_load(orig):
 
 
 def register() -> None:
-    """Make the tiny families loadable through ComfyUI's own loaders (test-only)."""
+    """Make the tiny families loadable through ComfyUI's own loaders (what tiny_registrar/ does)."""
     for cls in (TinySDXL, TinySD15):
         if cls not in comfy.supported_models.models:
             comfy.supported_models.models.insert(0, cls)
@@ -168,7 +170,7 @@ def make_checkpoint(path: str, seed: int = 0, dtype=torch.float16) -> str:
 
 
 def make_clip_vision_file(path: str, seed: int = 5) -> str:
-    """Write a tiny CLIP vision file that the (test-registered) CLIPVisionLoader detects."""
+    """Write a tiny CLIP vision file that CLIPVisionLoader detects once register() ran."""
     from safetensors.torch import save_file
     model = comfy.clip_vision.ClipVisionModel(TINY_CLIP_VISION_JSON)
     sd = _rand({k: v.shape for k, v in model.get_sd().items()}, seed)
