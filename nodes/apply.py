@@ -7,6 +7,7 @@ import torch
 from comfy_api.latest import io
 
 from ..p3s_core import injection
+from ..p3s_core.schedule import WeightSchedule
 from .features import clip_token_width
 from .models import context_dim, model_family, transformer_layers
 from .patch import MODES, P3SPatch
@@ -73,6 +74,7 @@ class P3SApply(io.ComfyNode):
                 reference_mode="per_step", uncond_sees_reference=False, clip_vision=None, adapter=None,
                 mask=None) -> io.NodeOutput:
         family = model_family(model)
+        schedule = WeightSchedule.constant(weight, start_percent, end_percent)  # validates weight and window
         if vae is None:
             raise ValueError("P3S: vae: no VAE is connected. Connect the VAE output of your Load Checkpoint "
                              "(or a Load VAE node); P3S encodes the subject-only reference with it")
@@ -81,8 +83,6 @@ class P3SApply(io.ComfyNode):
                              "(the adapter reads the subject's CLIP patch tokens). Connect Load CLIP Vision")
         if reference_mode not in MODES:
             raise ValueError(f"P3S: reference_mode={reference_mode!r} is unknown: use one of {', '.join(MODES)}")
-        if start_percent > end_percent:
-            raise ValueError(f"P3S: start_percent={start_percent} is after end_percent={end_percent}: swap them")
         masks, lookalikes = selection_masks(reference, points, mask, clip_vision)
         image, (latent_masks, lookalikes) = fit_to_native(reference[..., :3], [masks, lookalikes], family)
         subject = subject_only(model, vae, image, latent_masks, fill, family, lookalikes)
@@ -92,9 +92,9 @@ class P3SApply(io.ComfyNode):
                                      clip_width=clip_token_width(clip_vision))
             tokens, valid = subject_clip_tokens(clip_vision, subject, latent_masks)
         latent, lmask = encode_reference(model, vae, subject, latent_masks)
-        patch = P3SPatch(reference_latent=latent, mask=lmask, weight=weight, start_percent=start_percent,
-                         end_percent=end_percent, mode=reference_mode, uncond_sees_reference=uncond_sees_reference,
-                         adapter=adapter, subject_tokens=tokens, subject_valid=valid)
+        patch = P3SPatch(reference_latent=latent, mask=lmask, schedule=schedule, mode=reference_mode,
+                         uncond_sees_reference=uncond_sees_reference, adapter=adapter, subject_tokens=tokens,
+                         subject_valid=valid)
         patched = model.clone()
         patch.install(patched)
         full_subject = subject if subject.shape[1:3] == reference.shape[1:3] else torch.nn.functional.interpolate(

@@ -1,267 +1,260 @@
 """The ComfyUI side of Multi-layers Condition Injection: the reference pass and the attention read.
 
-One ``P3SPatch`` per P3S Apply node. It is installed on a *clone* of the MODEL with
-- an APPLY_MODEL wrapper (keyed, stackable) that, at each model call where the schedule weight is
-  above 0, runs the reference pass (reference latent noised to the current sigma, frozen U-Net) and
-  then the normal pass in "read" mode;
-- an attn1 list patch that writes the subject tokens to the bank in the reference pass and appends
-  them to the self-attention keys/values in the read pass;
-- an attention override (chained with any existing one) that gives the appended tokens their
-  log(weight) bias;
-- an OUTER_SAMPLE wrapper that frees the bank when sampling ends, also on error or interrupt.
+One ``P3SPatch`` per P3S Apply node: the immutable configuration (subject-only reference latent, its
+mask, the weight schedule, the adapter). ``install`` puts it on a *clone* of the MODEL as
+- the attn1 list patch (the object itself is the patch): it writes the subject tokens to the bank in
+  the reference pass and appends them to the self-attention keys/values in the read pass;
+- an APPLY_MODEL wrapper (keyed, stackable) that, at each model call where the schedule weight is above
+  0, runs the reference pass (reference latent noised to the current sigma) and then the normal pass in
+  "read" mode, with the attention override of nodes/attention.py giving the appended tokens their bias;
+- an OUTER_SAMPLE wrapper that makes the sampling's ``P3SRun`` (bank, reference noise, the schedule on
+  this model's sigmas) and frees it when sampling ends, also on error or interrupt;
+- an attachment (``find_patches``) so other nodes find the P3S patches of a MODEL.
+Everything that changes while sampling lives in the run, reached through transformer_options (ComfyUI's
+own pattern, see comfy_extras/nodes_easycache.py): two samplings, or two P3S nodes, never share state.
 Other packs' attn1/attn2 patches and replaces keep working: nothing here owns a single slot.
+See docs/design.md ("From click to attention").
 """
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import uuid
-from dataclasses import dataclass
 
 import torch
 
+import comfy.model_patcher
 import comfy.patcher_extension as pe
 
 from ..p3s_core import injection
-from ..p3s_core.schedule import WeightSchedule
+from ..p3s_core.schedule import SigmaSchedule, WeightSchedule
+from .attention import SEGMENTS_KEY, AppendedSegment, begin_read
 
 log = logging.getLogger("P3S")
 
-WRAPPER_PREFIX = "p3s"
-SCHEDULE_KEY = "p3s_schedule"  # transformer_options key set by P3S Sampler: (preset, low, high)
 MODES = ("per_step", "cached")
+ATTACHMENT = "p3s_patches"   # ModelPatcher attachment: the tuple of P3SPatch installed on the MODEL
+RUNS_KEY = "p3s_runs"        # transformer_options: {patch id: P3SRun} for the current sampling
+PASS_KEY = "p3s"             # transformer_options: {patch id: "write" | "read"} for the current model call
+SHAPE_KEY = "p3s_schedule"   # transformer_options: the WeightSchedule shape set by P3S Sampler
 
 
-@dataclass
-class _Pending:
-    owner: str
-    key: str
-    offset: int
-    queries: int
-    bias: torch.Tensor  # [B, N]
+class P3SRun:
+    """What one P3S patch keeps during one sampling: made by the OUTER_SAMPLE wrapper, cleared after it."""
+
+    def __init__(self, schedule: SigmaSchedule, seed: int = 0, noise: torch.Tensor | None = None):
+        self.schedule = schedule
+        self.seed = int(seed or 0)
+        self.noise = noise                # the reference latent's noise, fixed for the whole sampling
+        self.bank = injection.ReferenceBank()
+        self.bank_sigma: float | None = None
+        self.keep: dict = {}              # (grid, device) -> which tokens of a layer are subject
+        self.weight = 0.0                 # the current model call's weight and reference rows
+        self.rows: torch.Tensor | None = None
+
+    def reference_noise(self, like: torch.Tensor) -> torch.Tensor:
+        if self.noise is None or self.noise.shape != like.shape:
+            g = torch.Generator().manual_seed(self.seed + 0x5033)
+            self.noise = torch.randn(like.shape, generator=g)
+        return self.noise.to(like.device, like.dtype)
+
+    def keep_for(self, mask: torch.Tensor, grid: tuple[int, int], device) -> torch.Tensor:
+        k = (grid, str(device))
+        if k not in self.keep:
+            self.keep[k] = injection.mask_to_tokens(mask, grid).to(device)
+        return self.keep[k]
+
+    def clear(self) -> None:
+        self.bank.clear()
+        self.keep.clear()
+        self.noise = self.rows = self.bank_sigma = None
 
 
-# Appended-token segments waiting for the attention call of the same block (one sampling at a time
-# runs in a ComfyUI process, so a module-level list is enough).
-_PENDING: list[_Pending] = []
-
-
-def _attention_override(previous):
-    def override(func, q, k, v, heads, *args, **kwargs):
-        to = kwargs.get("transformer_options") or {}
-        key = injection.layer_key(to["block"], to.get("block_index", 0)) if to.get("block") else None
-        mine = [p for p in _PENDING if p.key == key and p.queries == q.shape[1]
-                and p.offset + p.bias.shape[1] <= k.shape[1]] if key and not kwargs.get("skip_reshape") else []
-        if mine and q.shape[0] == mine[0].bias.shape[0]:
-            for p in mine:
-                _PENDING.remove(p)
-            if len(mine) == 1:
-                p = mine[0]
-                return injection.biased_attention(q, k, v, heads, p.offset, p.bias)
-            # several P3S nodes appended to this block: combine their bias segments
-            full = torch.zeros(q.shape[0], k.shape[1], dtype=q.dtype, device=q.device)
-            for p in mine:
-                full[:, p.offset: p.offset + p.bias.shape[1]] = p.bias.to(q.dtype)
-            return injection.biased_attention(q, k, v, heads, 0, full)
-        if previous is not None:
-            return previous(func, q, k, v, heads, *args, **kwargs)
-        return func(q, k, v, heads, *args, **kwargs)
-    override.p3s = True
-    return override
-
-
-def progress_from_sigma(model_sampling, sigma: float) -> float:
-    """Sampling progress 0..1 of a sigma, the inverse of ``percent_to_sigma`` (discrete models)."""
-    t = float(model_sampling.timestep(torch.tensor([sigma], dtype=torch.float32))[0])
-    last = max(1, model_sampling.sigmas.shape[0] - 1)
-    return min(max(1.0 - t / last, 0.0), 1.0)
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
 class P3SPatch:
-    def __init__(self, *, reference_latent: torch.Tensor, mask: torch.Tensor, weight: float,
-                 start_percent: float, end_percent: float, mode: str = "per_step",
-                 uncond_sees_reference: bool = False, adapter=None, subject_tokens=None,
+    def __init__(self, *, reference_latent: torch.Tensor, mask: torch.Tensor, schedule: WeightSchedule,
+                 mode: str = "per_step", uncond_sees_reference: bool = False, adapter=None, subject_tokens=None,
                  subject_valid=None):
         if mode not in MODES:
             raise ValueError(f"P3S: reference_mode={mode!r} is unknown: use one of {', '.join(MODES)}")
-        self.id = f"{WRAPPER_PREFIX}_{uuid.uuid4().hex[:8]}"
+        self.id = f"p3s_{uuid.uuid4().hex[:8]}"
         self.reference_latent = reference_latent  # [R, C, h, w], already process_latent_in'd
         self.mask = mask  # [R, h, w] subject mask at latent resolution
-        self.schedule = WeightSchedule("constant", 0.0, weight, start_percent, end_percent)
+        self.schedule = schedule
         self.mode = mode
         self.uncond_sees_reference = uncond_sees_reference
-        self.adapter = adapter
+        self.loaded_adapter = adapter  # as given (a cached node output, or the adapter being trained)
+        self.adapter = adapter         # the same, or its copy on the device the MODEL runs on (see ``to``)
         self.subject_tokens = subject_tokens  # [R, N, clip_width] masked CLIP tokens (adapter mode)
         self.subject_valid = subject_valid
-        self.bank = injection.ReferenceBank()
-        self._moved = None  # (device, adapter copy) when the MODEL runs on another device
-        self._reset_run()
 
-    # Patches live in deep-copied model_options; sharing one object keeps the bank and state single.
     def __deepcopy__(self, memo):
+        # Shared, not copied, by ModelPatcher.clone() (which deep-copies model_options): this object is the
+        # fixed configuration of one P3S Apply, and a copy would duplicate the reference latent and the
+        # adapter's weights for every clone. Everything that changes while sampling is in a P3SRun made per
+        # sampling, so clones cannot see each other's state; the adapter's device placement (``to``)
+        # follows the underlying model, which clones share as well.
         return self
 
-    def _reset_run(self) -> None:
-        self.bank.clear()
-        self._bank_sigma = None
-        self._noise = None
-        self._seed = 0
-        self._keep: dict = {}
-        self._weight = 0.0
-        self._rows = None
-        _PENDING.clear()
-
-    def adapter_on(self, device):
-        """The adapter on ``device``: itself when it is already there (training: gradients reach it),
-        else a cached copy (the loaded adapter is a cached node output and is never moved in place).
-        Its dtype is kept (fp32): ``apply_delta``/``reference_context`` cast activations to it and back."""
-        a = self.adapter
-        if a is None:
-            return None
-        p = next(a.parameters(), None)
-        if p is None or p.device == torch.device(device):
-            return a
-        if self._moved is None or self._moved[0] != torch.device(device):
-            moved = copy.deepcopy(a).to(device)
-            moved.requires_grad_(False)
-            self._moved = (torch.device(device), moved)
-        return self._moved[1]
-
-    # ---- installation -------------------------------------------------------------------------
+    # ---- installation and discovery --------------------------------------------------------------
     def install(self, model) -> None:
-        model.set_model_attn1_patch(self.attn1_patch)
+        model.set_model_attn1_patch(self)
         model.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, self.id, self.apply_model_wrapper)
         model.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, self.id, self.outer_sample_wrapper)
+        model.set_attachments(ATTACHMENT, (*find_patches(model), self))
 
-    # ---- schedule -----------------------------------------------------------------------------
-    def weight_at(self, model_sampling, sigma: float, transformer_options: dict) -> tuple[float, float]:
-        """(progress, weight) at ``sigma``; the window is checked on sigmas like ComfyUI's own nodes."""
-        s = self.schedule
-        progress = progress_from_sigma(model_sampling, sigma)
-        s_start = float(model_sampling.percent_to_sigma(s.start_percent))
-        s_end = float(model_sampling.percent_to_sigma(s.end_percent))
-        if not (s_end <= sigma <= s_start) or s.start_percent >= s.end_percent:
-            return progress, 0.0
-        override = transformer_options.get(SCHEDULE_KEY)
-        sched = s if override is None else WeightSchedule(override[0], override[1], override[2],
-                                                          s.start_percent, s.end_percent).scaled(s.high)
-        p = min(max(progress, s.start_percent), s.end_percent)
-        return progress, sched.weight(p)
+    def call_options(self, run: P3SRun, transformer_options: dict | None = None) -> dict:
+        """transformer_options that run this patch in a direct ``apply_model`` call, outside a sampler
+        (the trainer's forward pass): the attn1 patch, the APPLY_MODEL wrapper and ``run``."""
+        to = dict(transformer_options or {})
+        patches = to.get("patches", {})
+        to["patches"] = {**patches, "attn1_patch": [*patches.get("attn1_patch", []), self]}
+        wrappers = to.get("wrappers", {})
+        apply_model = {**wrappers.get(pe.WrappersMP.APPLY_MODEL, {}), self.id: [self.apply_model_wrapper]}
+        to["wrappers"] = {**wrappers, pe.WrappersMP.APPLY_MODEL: apply_model}
+        to[RUNS_KEY] = {**to.get(RUNS_KEY, {}), self.id: run}
+        return to
 
-    # ---- wrappers -----------------------------------------------------------------------------
+    # ---- device ----------------------------------------------------------------------------------
+    def to(self, device_or_dtype):
+        """ComfyUI's ``model_patches_to``: keep the adapter on the device the MODEL is loaded to.
+
+        The loaded adapter is never moved in place (it is a cached node output other graphs may use):
+        another device gets a copy, made once and dropped when the MODEL returns to the adapter's own
+        device. Dtype casts are ignored: the adapter stays fp32 and casts activations itself.
+        """
+        if self.loaded_adapter is None or isinstance(device_or_dtype, torch.dtype):
+            return self
+        device = torch.device(device_or_dtype)
+        home = next(self.loaded_adapter.parameters()).device
+        if _same_device(home, device):
+            self.adapter = self.loaded_adapter
+        elif not _same_device(next(self.adapter.parameters()).device, device):
+            self.adapter = copy.deepcopy(self.loaded_adapter).to(device).requires_grad_(False)
+        return self
+
+    def _adapter_for(self, x: torch.Tensor):
+        if self.adapter is not None and not _same_device(next(self.adapter.parameters()).device, x.device):
+            self.to(x.device)  # a caller that bypassed ComfyUI's model management
+        return self.adapter
+
+    # ---- the sampling run ------------------------------------------------------------------------
+    def new_run(self, model_sampling, seed: int = 0, shape: WeightSchedule | None = None,
+                noise: torch.Tensor | None = None) -> P3SRun:
+        """The state of one sampling; ``shape``: P3S Sampler's schedule, laid over this patch's."""
+        return P3SRun(SigmaSchedule.for_model(self.schedule.shaped_by(shape), model_sampling), seed, noise)
+
     def outer_sample_wrapper(self, executor, *args, **kwargs):
-        self._reset_run()
-        seed = kwargs.get("seed", args[7] if len(args) > 7 else 0)
-        self._seed = int(seed or 0)
+        guider = executor.class_obj
+        seed = inspect.signature(executor.original).bind_partial(*args, **kwargs).arguments.get("seed")
+        original = guider.model_options
+        guider.model_options = comfy.model_patcher.create_model_options_clone(original)
+        to = guider.model_options.setdefault("transformer_options", {})
+        run = self.new_run(guider.model_patcher.get_model_object("model_sampling"), seed, to.get(SHAPE_KEY))
+        to[RUNS_KEY] = {**to.get(RUNS_KEY, {}), self.id: run}
         try:
             return executor(*args, **kwargs)
         finally:
-            self._reset_run()  # frees the bank after sampling, errors and interrupts alike
+            run.clear()  # frees the bank after sampling, errors and interrupts alike
+            guider.model_options = original
 
     def apply_model_wrapper(self, executor, x, t, c_concat=None, c_crossattn=None, control=None,
-                            transformer_options={}, **kwargs):
+                            transformer_options=None, **kwargs):
+        to = dict(transformer_options or {})
         base = executor.class_obj
-        ms = base.model_sampling
-        sigma = float(t.flatten()[0])
-        progress, weight = self.weight_at(ms, sigma, transformer_options)
-        recorder = transformer_options.get("p3s_record")
-        if recorder is not None:
-            recorder.append({"patch": self.id, "sigma": sigma, "progress": progress, "weight": weight})
-        refs = self.reference_latent.shape[0]
-        if weight <= 0:
-            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
-        cou = list(transformer_options.get("cond_or_uncond", [0]))
-        rows = injection.reference_rows(cou, x.shape[0], refs, self.uncond_sees_reference)
-        if bool((rows < 0).all()):
-            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
-        self._ensure_bank(base, x, t, c_concat, c_crossattn, transformer_options, kwargs, cou)
-        self._weight, self._rows = weight, rows
-        to = dict(transformer_options)
-        to["p3s"] = dict(to.get("p3s", {}), **{self.id: "read"})
-        previous = to.get("optimized_attention_override")
-        if not getattr(previous, "p3s", False):
-            to["optimized_attention_override"] = _attention_override(previous)
+        run = to.get(RUNS_KEY, {}).get(self.id)
+        if run is None:  # a model call outside any sampling: a run for this call only
+            log.debug("P3S: %s called outside a sampling; using a one-call run", self.id)
+            run = self.new_run(base.model_sampling)
+            to[RUNS_KEY] = {**to.get(RUNS_KEY, {}), self.id: run}
+        _, weight = run.schedule.weight_at(float(t.flatten()[0]))
+        cou = list(to.get("cond_or_uncond", [0]))
+        rows = injection.reference_rows(cou, x.shape[0], self.reference_latent.shape[0],
+                                        self.uncond_sees_reference) if weight > 0 else None
+        if rows is None or bool((rows < 0).all()):
+            return executor(x, t, c_concat, c_crossattn, control, to, **kwargs)
+        self._reference_pass(run, base, x, t, c_concat, c_crossattn, to, kwargs, cou)
+        run.weight, run.rows = weight, rows
+        to[PASS_KEY] = {**to.get(PASS_KEY, {}), self.id: "read"}
+        owns_segments = begin_read(to)
         try:
             return executor(x, t, c_concat, c_crossattn, control, to, **kwargs)
         finally:
-            _PENDING.clear()
+            if owns_segments:
+                to[SEGMENTS_KEY].clear()
             if self.mode == "per_step":
-                self.bank.clear()
+                run.bank.clear()
 
-    def _ensure_bank(self, base, x, t, c_concat, c_crossattn, to, kwargs, cou) -> None:
+    def _reference_pass(self, run: P3SRun, base, x, t, c_concat, c_crossattn, to, kwargs, cou) -> None:
+        """Fill the bank: the subject-only reference through the U-Net at this sigma (once, when cached)."""
         sigma = float(t.flatten()[0])
-        if len(self.bank) and (self.mode == "cached" or self._bank_sigma == sigma):
+        if len(run.bank) and (self.mode == "cached" or run.bank_sigma == sigma):
             return
         ms = base.model_sampling
         refs = self.reference_latent.shape[0]
         per_chunk = x.shape[0] // max(len(cou), 1)
         chunk = cou.index(0) if 0 in cou else 0  # the reference pass reads the positive prompt
-        src = torch.arange(refs) + chunk * per_chunk if refs > 1 else torch.tensor([chunk * per_chunk])
+        src = (torch.arange(refs) + chunk * per_chunk if refs > 1 else torch.tensor([chunk * per_chunk])).to(x.device)
         latent = self.reference_latent.to(x.device, x.dtype)
-        if self._noise is None or self._noise.shape != latent.shape:
-            g = torch.Generator().manual_seed(self._seed + 0x5033)
-            self._noise = torch.randn(latent.shape, generator=g).to(x.device, x.dtype)
-        if self.mode == "cached":
-            ref_sigma = torch.full((refs,), float(ms.sigma_min), device=x.device)
-        else:
-            ref_sigma = torch.full((refs,), sigma, device=x.device)
-        x_ref = ms.noise_scaling(ref_sigma, self._noise, latent)
-        src = src.to(x.device)
+        ref_sigma = torch.full((refs,), float(ms.sigma_min) if self.mode == "cached" else sigma, device=x.device)
+        x_ref = ms.noise_scaling(ref_sigma, run.reference_noise(latent), latent)
         ctx = c_crossattn.index_select(0, src) if c_crossattn is not None else None
-        adapter = self.adapter_on(x.device)
+        adapter = self._adapter_for(x)
         if adapter is not None and ctx is not None:
-            ctx = adapter.reference_context(ctx, self.subject_tokens.to(ctx.device),
-                                            self.subject_valid.to(ctx.device))
+            ctx = adapter.reference_context(ctx, self.subject_tokens.to(ctx.device), self.subject_valid.to(ctx.device))
         concat = c_concat.index_select(0, src) if c_concat is not None else None
         extra = {k: (v.index_select(0, src) if torch.is_tensor(v) and v.shape[:1] == x.shape[:1] else v)
                  for k, v in kwargs.items()}
-        ref_to = dict(to)
-        ref_to["p3s"] = {self.id: "write"}
+        ref_to = {k: v for k, v in to.items() if k != SEGMENTS_KEY}
+        ref_to[PASS_KEY] = {self.id: "write"}
         ref_to["cond_or_uncond"] = [0]
-        self.bank.clear()
+        run.bank.clear()
         # The original apply function: the reference pass skips other packs' model wrappers and
         # ControlNets, which belong to the image being generated, not to the reference.
         base._apply_model(x_ref, ref_sigma, concat, ctx, None, ref_to, **extra)
-        self._bank_sigma = sigma
+        run.bank_sigma = sigma
 
-    # ---- attention patch ----------------------------------------------------------------------
-    def _keep_for(self, grid: tuple[int, int], device) -> torch.Tensor:
-        k = (grid, str(device))
-        if k not in self._keep:
-            self._keep[k] = injection.mask_to_tokens(self.mask, grid).to(device)
-        return self._keep[k]
-
-    def attn1_patch(self, n, context, value, extra_options):
-        mode = extra_options.get("p3s", {}).get(self.id)
-        if mode is None:
+    # ---- the attn1 patch -------------------------------------------------------------------------
+    def __call__(self, n, context, value, extra_options):
+        which = extra_options.get(PASS_KEY, {}).get(self.id)
+        if which is None:
             return n, context, value
+        run = extra_options[RUNS_KEY][self.id]
         key = injection.layer_key(extra_options["block"], extra_options.get("block_index", 0))
-        if mode == "write":
-            adapter = self.adapter_on(n.device)
-            if adapter is not None and adapter.has_layer(key):
-                same = context is n
-                n = adapter.apply_delta(key, n)
-                if same:
-                    context = value = n
-            shape = extra_options["original_shape"]
-            grid = injection.layer_grid(n.shape[1], shape[-2], shape[-1])
-            tokens, valid = injection.gather_tokens(n, self._keep_for(grid, n.device))
-            self.bank.write(key, tokens, valid)
-            return n, context, value
-        entry = self.bank.read(key)
-        if entry is None or self._rows is None or self._rows.shape[0] != n.shape[0]:
+        if which == "write":
+            return self._write(run, key, n, context, value, extra_options["original_shape"])
+        return self._read(run, key, n, context, value, extra_options.get(SEGMENTS_KEY))
+
+    def _write(self, run: P3SRun, key: str, n, context, value, shape):
+        """Reference pass: bank this block's subject tokens (after the adapter's delta, if any)."""
+        adapter = self._adapter_for(n)
+        if adapter is not None and adapter.has_layer(key):
+            same = context is n
+            n = adapter.apply_delta(key, n)
+            if same:
+                context = value = n
+        grid = injection.layer_grid(n.shape[1], shape[-2], shape[-1])
+        tokens, valid = injection.gather_tokens(n, run.keep_for(self.mask, grid, n.device))
+        run.bank.write(key, tokens, valid)
+        return n, context, value
+
+    def _read(self, run: P3SRun, key: str, n, context, value, segments):
+        """Read pass: append the banked subject tokens to keys/values and record their bias segment."""
+        entry = run.bank.read(key)
+        if entry is None or segments is None or run.rows is None or run.rows.shape[0] != n.shape[0]:
             return n, context, value
         tokens, valid = entry
-        bias = injection.reference_bias(valid, self._rows, self._weight, torch.float32)
-        stale = [p for p in _PENDING if p.key != key]
-        for p in stale:
-            _PENDING.remove(p)
-        _PENDING.append(_Pending(self.id, key, context.shape[1], n.shape[1], bias))
-        rows = self._rows.to(n.device)
+        bias = injection.reference_bias(valid, run.rows, run.weight, torch.float32)
+        segments.add(AppendedSegment(key, context.shape[1], n.shape[1], bias))
+        rows = run.rows.to(n.device)
         return n, injection.append_tokens(context, tokens, rows), injection.append_tokens(value, tokens, rows)
 
 
-def find_patches(model) -> list[str]:
-    """Ids of the P3S patches installed on a MODEL (empty when it is not P3S-patched)."""
-    wrappers = getattr(model, "wrappers", {}).get(pe.WrappersMP.APPLY_MODEL, {})
-    return [k for k in wrappers if str(k).startswith(WRAPPER_PREFIX + "_")]
+def find_patches(model) -> list[P3SPatch]:
+    """The P3S patches installed on a MODEL, oldest first (empty when it is not P3S-patched)."""
+    get = getattr(model, "get_attachment", None)
+    return list(get(ATTACHMENT) or ()) if get is not None else []

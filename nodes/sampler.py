@@ -6,8 +6,8 @@ import importlib
 import comfy.samplers
 from comfy_api.latest import io
 
-from ..p3s_core.schedule import PRESETS
-from .patch import SCHEDULE_KEY, find_patches
+from ..p3s_core.schedule import PRESETS, WeightSchedule
+from .patch import SHAPE_KEY, find_patches
 from .types import CATEGORY
 
 
@@ -49,10 +49,10 @@ class P3SSampler(io.ComfyNode):
         if not find_patches(model):
             raise ValueError("P3S: model: this MODEL has no P3S patch, so the schedule would do nothing. "
                              "Connect the MODEL output of P3S Apply (or use the stock KSampler)")
-        if schedule not in PRESETS:
-            raise ValueError(f"P3S: schedule={schedule!r} is unknown: use one of {', '.join(PRESETS)}")
+        # The curve; each P3S patch lays it over its own weight and window (WeightSchedule.shaped_by).
+        shape = WeightSchedule(schedule, weight_low, weight_high)
         m = model.clone()
-        m.model_options.setdefault("transformer_options", {})[SCHEDULE_KEY] = (schedule, weight_low, weight_high)
+        m.model_options.setdefault("transformer_options", {})[SHAPE_KEY] = shape
         # ComfyUI's own KSampler path: same noise, progress bar, previews and interrupt handling.
         common_ksampler = importlib.import_module("nodes").common_ksampler
         return io.NodeOutput(*common_ksampler(m, seed, steps, cfg, sampler_name, scheduler, positive, negative,

@@ -1,13 +1,24 @@
 """Timestep-based weight scheduler: how strongly the subject is injected at each point of sampling.
 
+This file is the one place that decides the injection strength (docs/design.md, "The schedule"):
+
+- ``WeightSchedule``: the weight as a function of sampling progress, validated once when it is built.
+  P3S Apply builds ``WeightSchedule.constant(weight, start_percent, end_percent)``; P3S Sampler builds a
+  shape ``WeightSchedule(preset, low, high)`` that ``shaped_by`` lays over the Apply's weight and window.
+- ``SigmaSchedule``: the same schedule on one model's noise levels (sigma <-> progress), built once per
+  sampling run from the model's ``model_sampling``; the patch asks it ``weight_at(sigma)`` at every call.
+
 Progress runs from 0 (first step, pure noise) to 1 (last step). The paper's intent is low weight early
 (the prompt decides the layout) and high weight late (identity detail comes back). The presets and the
-"multiplier of the apply weight" reading are our choices; the paper gives no formula.
+"multiple of the apply weight" reading are our choices; the paper gives no formula.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
+
+import torch
 
 PRESETS = ("constant", "ramp_up", "ramp_down", "cosine", "step")
 
@@ -48,6 +59,11 @@ class WeightSchedule:
         if self.low < 0 or self.high < 0:
             raise _bad("weight", (self.low, self.high), "weights must be >= 0 (0 = no injection)")
 
+    @classmethod
+    def constant(cls, weight: float, start_percent: float = 0.0, end_percent: float = 1.0) -> "WeightSchedule":
+        """P3S Apply's schedule: ``weight`` throughout the window (what the stock KSampler gets)."""
+        return cls("constant", weight, weight, start_percent, end_percent)
+
     def active(self, progress: float) -> bool:
         """Inside the window; a zero-length window (start == end) never opens."""
         return self.start_percent < self.end_percent and self.start_percent <= progress <= self.end_percent
@@ -69,9 +85,60 @@ class WeightSchedule:
         return hi if t >= self.step_at else lo  # step
 
     def scaled(self, factor: float) -> "WeightSchedule":
-        """The same curve with both ends multiplied by ``factor`` (the apply node's weight)."""
+        """The same curve with both ends multiplied by ``factor``."""
         return WeightSchedule(self.preset, self.low * factor, self.high * factor, self.start_percent,
                               self.end_percent, self.step_at)
 
     def with_window(self, start_percent: float, end_percent: float) -> "WeightSchedule":
         return WeightSchedule(self.preset, self.low, self.high, start_percent, end_percent, self.step_at)
+
+    def shaped_by(self, shape: "WeightSchedule | None") -> "WeightSchedule":
+        """This schedule's window and strength with ``shape``'s curve (None: unchanged).
+
+        P3S Sampler's reading: ``shape.low``/``shape.high`` are multiples of this schedule's ``high``
+        (P3S Apply's weight), and the window stays the Apply's.
+        """
+        if shape is None:
+            return self
+        return shape.scaled(self.high).with_window(self.start_percent, self.end_percent)
+
+
+def progress_from_timestep(timestep: float, num_timesteps: int) -> float:
+    """Sampling progress 0..1 of a discrete model's timestep (the last timestep is 0, timestep 0 is 1)."""
+    last = max(1, int(num_timesteps) - 1)
+    return min(max(1.0 - float(timestep) / last, 0.0), 1.0)
+
+
+@dataclass(frozen=True)
+class SigmaSchedule:
+    """A ``WeightSchedule`` on one model's noise levels: built once per sampling run.
+
+    The window is checked on sigmas, as ComfyUI's own start/end percent inputs are (``sigma_start`` is
+    the larger sigma); inside it the weight follows the progress of the sigma, clamped to the window.
+    """
+
+    schedule: WeightSchedule
+    sigma_start: float
+    sigma_end: float
+    sigmas_to_timestep: Any      # model_sampling.timestep: sigma tensor -> timestep tensor
+    num_timesteps: int
+
+    @classmethod
+    def for_model(cls, schedule: WeightSchedule, model_sampling: Any) -> "SigmaSchedule":
+        """``model_sampling``: a ComfyUI model_sampling (``percent_to_sigma``, ``timestep``, ``sigmas``)."""
+        return cls(schedule, float(model_sampling.percent_to_sigma(schedule.start_percent)),
+                   float(model_sampling.percent_to_sigma(schedule.end_percent)), model_sampling.timestep,
+                   int(model_sampling.sigmas.shape[0]))
+
+    def progress(self, sigma: float) -> float:
+        """Sampling progress 0..1 of ``sigma`` (the inverse of ``percent_to_sigma``)."""
+        t = self.sigmas_to_timestep(torch.tensor([float(sigma)], dtype=torch.float32))
+        return progress_from_timestep(float(t[0]), self.num_timesteps)
+
+    def weight_at(self, sigma: float) -> tuple[float, float]:
+        """(progress, weight) at ``sigma``; 0 outside the window or for a zero-length window."""
+        s = self.schedule
+        progress = self.progress(sigma)
+        if s.start_percent >= s.end_percent or not (self.sigma_end <= sigma <= self.sigma_start):
+            return progress, 0.0
+        return progress, s.weight(min(max(progress, s.start_percent), s.end_percent))

@@ -312,15 +312,26 @@ def test_refusals_load_nothing_and_leave_the_model_unpatched(env):
 
 
 def test_adapter_follows_the_model_device_without_moving_the_loaded_one(env):
-    """The patch uses the adapter where the MODEL runs; a loaded adapter on another device is copied once."""
+    """The patch uses the adapter where the MODEL runs (ComfyUI moves patches with model_patches_to); a
+    loaded adapter on another device is copied once, never moved in place."""
     patch_mod = env.ta.pack_module(env.pack, "nodes.patch")
-    adapter = env.adapter_mod.P3SAdapter(_spec(_host_models(env)))
-    p = patch_mod.P3SPatch(reference_latent=torch.zeros(1, 4, 8, 8), mask=torch.ones(1, 8, 8), weight=1.0,
-                           start_percent=0.0, end_percent=1.0, adapter=adapter)
-    assert p.adapter_on("cpu") is adapter  # same device: the very object (training gradients reach it)
-    moved = p.adapter_on("meta")
+    schedule_mod = env.ta.pack_module(env.pack, "p3s_core.schedule")
+    e = _host_models(env)
+    adapter = env.adapter_mod.P3SAdapter(_spec(e))
+    p = patch_mod.P3SPatch(reference_latent=torch.zeros(1, 4, 8, 8), mask=torch.ones(1, 8, 8),
+                           schedule=schedule_mod.WeightSchedule.constant(1.0), adapter=adapter)
+    assert p.to(torch.device("cpu")) is p and p.adapter is adapter  # same device: the very object
+    assert p.to(torch.float16) is p and p.adapter is adapter and next(adapter.parameters()).dtype == torch.float32
+    model = e.m.clone()
+    p.install(model)
+    model.model_patches_to(torch.device("meta"))  # what ComfyUI does when it loads the MODEL elsewhere
+    moved = p.adapter
     assert moved is not adapter and next(moved.parameters()).device.type == "meta"
-    assert next(adapter.parameters()).device.type == "cpu" and p.adapter_on("meta") is moved
+    assert next(adapter.parameters()).device.type == "cpu"
+    p.to("meta")
+    assert p.adapter is moved  # copied once
+    model.model_patches_to(torch.device("cpu"))  # offloaded back: the loaded adapter itself again
+    assert p.adapter is adapter
 
 
 # ---- multi-process (torchrun, gloo on CPU: the same code path as NCCL on GPUs) ----------------------------

@@ -29,6 +29,7 @@ def env(host):
     e.Apply = N.NODE_CLASS_MAPPINGS["P3SApply"]
     e.Sampler = N.NODE_CLASS_MAPPINGS["P3SSampler"]
     e.patch_mod = host.pack("nodes.patch")
+    e.attention_mod = host.pack("nodes.attention")
     e.inj = host.pack("p3s_core.injection")
     return e
 
@@ -215,14 +216,16 @@ class _Boom(RuntimeError):
 def test_bank_is_freed_after_sampling_errors_and_interrupts(env, how):
     import comfy.model_management as mm
     patched = apply(env, reference_mode="cached")[0].clone()
-    patch_obj = next(p for p in patched.model_options["transformer_options"]["patches"]["attn1_patch"]
-                     if hasattr(p, "__self__") and hasattr(p.__self__, "bank")).__self__
-    seen = {"calls": 0, "bank": 0}
+    (patch_obj,) = env.patch_mod.find_patches(patched)
+    seen = {"calls": 0, "bank": 0, "runs": [], "segments": []}
 
     def probe(n, ctx, val, extra):
         if "read" in extra.get("p3s", {}).values():
             seen["calls"] += 1
-            seen["bank"] = max(seen["bank"], len(patch_obj.bank))
+            run = extra[env.patch_mod.RUNS_KEY][patch_obj.id]  # this sampling's state
+            seen["runs"].append(run)
+            seen["segments"].append(extra[env.attention_mod.SEGMENTS_KEY])
+            seen["bank"] = max(seen["bank"], len(run.bank))
             if seen["calls"] == 6:
                 if how == "exception":
                     raise _Boom("foreign patch failed")
@@ -238,8 +241,8 @@ def test_bank_is_freed_after_sampling_errors_and_interrupts(env, how):
             sample(env, patched)
     mm.interrupt_current_processing(False)
     assert seen["bank"] > 0  # the bank was filled while sampling
-    assert len(patch_obj.bank) == 0 and patch_obj.bank.nbytes() == 0
-    assert not env.patch_mod._PENDING
+    assert all(len(run.bank) == 0 and run.bank.nbytes() == 0 for run in seen["runs"])
+    assert all(len(segments) == 0 for segments in seen["segments"])  # no appended tokens left pending
 
 
 def test_cfg_batch_broadcast_and_uncond_option(env):

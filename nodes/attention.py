@@ -1,0 +1,108 @@
+"""The biased read of appended subject tokens: per-call segment bookkeeping and the attention override.
+
+P3S's attn1 patch (nodes/patch.py) appends subject tokens to a block's self-attention keys/values and
+records where they sit, with their log(weight) bias, as an ``AppendedSegment`` in the model call's
+``AppendedSegments`` (``transformer_options[SEGMENTS_KEY]``, made fresh for every model call). The
+attention override, installed per model call in front of any override already there, takes the
+segments of its block and runs the biased attention; every other attention call goes on to the previous
+override or to ComfyUI's own function. Nothing here is global: two samplings never share segments.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..p3s_core import injection
+
+SEGMENTS_KEY = "p3s_segments"  # transformer_options: the AppendedSegments of the current model call
+
+
+@dataclass
+class AppendedSegment:
+    """Tokens appended to one block's keys/values: keys ``offset : offset + N`` carry ``bias`` [B, N]."""
+
+    key: str        # layer key, 'input.1.0'
+    offset: int     # first appended key
+    queries: int    # the block's own token count (the attention call's query length)
+    bias: torch.Tensor
+
+    def belongs_to(self, key: str, q: torch.Tensor, k: torch.Tensor) -> bool:
+        """The attention call (``q``, ``k``) is the self-attention these tokens were appended to."""
+        return (self.key == key and self.queries == q.shape[1] and self.bias.shape[0] == q.shape[0]
+                and self.offset + self.bias.shape[1] <= k.shape[1])
+
+
+class AppendedSegments:
+    """The segments appended in one model call, each waiting for the attention call of its block."""
+
+    def __init__(self) -> None:
+        self._items: list[AppendedSegment] = []
+
+    def add(self, segment: AppendedSegment) -> None:
+        # Segments of another block were never consumed (that block's attention was replaced by
+        # another pack's attn1 replace): they can no longer apply, drop them.
+        self._items = [s for s in self._items if s.key == segment.key]
+        self._items.append(segment)
+
+    def take(self, key: str, q: torch.Tensor, k: torch.Tensor) -> list[AppendedSegment]:
+        """Remove and return the segments of this attention call (several P3S nodes may append to it)."""
+        mine = [s for s in self._items if s.belongs_to(key, q, k)]
+        self._items = [s for s in self._items if not any(s is m for m in mine)]
+        return mine
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def key_bias(segments: list[AppendedSegment], keys: int) -> tuple[int, torch.Tensor]:
+    """(offset, bias) covering every segment: one segment as is, several merged into one row of keys."""
+    if len(segments) == 1:
+        return segments[0].offset, segments[0].bias
+    first = segments[0].bias
+    full = torch.zeros(first.shape[0], keys, dtype=first.dtype, device=first.device)
+    for s in segments:
+        full[:, s.offset: s.offset + s.bias.shape[1]] = s.bias.to(full.dtype)
+    return 0, full
+
+
+def _layer_key(transformer_options: dict) -> str | None:
+    block = transformer_options.get("block")
+    return injection.layer_key(block, transformer_options.get("block_index", 0)) if block else None
+
+
+def attention_override(previous):
+    """An ``optimized_attention_override`` that reads P3S's appended tokens with their bias."""
+    def override(func, q, k, v, heads, *args, **kwargs):
+        to = kwargs.get("transformer_options") or {}
+        segments = to.get(SEGMENTS_KEY)
+        key = _layer_key(to)
+        mine = []
+        if segments is not None and len(segments) and key and not kwargs.get("skip_reshape"):
+            mine = segments.take(key, q, k)
+        if mine:
+            offset, bias = key_bias(mine, k.shape[1])
+            return injection.biased_attention(q, k, v, heads, offset, bias)
+        if previous is not None:
+            return previous(func, q, k, v, heads, *args, **kwargs)
+        return func(q, k, v, heads, *args, **kwargs)
+    override.p3s = True
+    return override
+
+
+def begin_read(transformer_options: dict) -> bool:
+    """Make ``transformer_options`` (a per-call copy) read appended tokens: segments + the override.
+
+    Returns True when this call created the segments (the caller clears them when the call ends);
+    nested P3S patches share the outermost one's segments and override.
+    """
+    created = SEGMENTS_KEY not in transformer_options
+    if created:
+        transformer_options[SEGMENTS_KEY] = AppendedSegments()
+    previous = transformer_options.get("optimized_attention_override")
+    if not getattr(previous, "p3s", False):
+        transformer_options["optimized_attention_override"] = attention_override(previous)
+    return created
