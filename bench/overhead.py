@@ -12,36 +12,24 @@ torch.cuda.max_memory_allocated.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-HOST_DIR = Path(os.environ.get("P3S_HOST_DIR", Path.home() / ".cache" / "p3s" / "host"))
-COMFYUI_DIR = Path(os.environ.get("COMFYUI_DIR", HOST_DIR / "ComfyUI"))
+sys.path.append(str(REPO))  # p3s_host; appended so ComfyUI's own top-level modules keep priority
+from p3s_host import comfy_env  # noqa: E402
 
 
 def _load_host(device: str, attention: str):
-    sys.path.insert(0, str(COMFYUI_DIR))
-    import comfy.options
-    comfy.options.enable_args_parsing(False)
-    from comfy.cli_args import args
-    args.cpu = device == "cpu"
+    """ComfyUI in-process, the pack loaded; returns (nodes.patch, p3s_core.schedule) of the pack."""
     # P3S's biased read uses torch SDPA; on CPU ComfyUI defaults to its sub-quadratic attention, so plain
     # and P3S would run different kernels. "pytorch" gives plain the same kernel (what GPU users get).
-    args.use_pytorch_cross_attention = attention == "pytorch"
-    import utils.extra_config  # noqa: F401  (ComfyUI import-order quirk: before `nodes`)
-    import nodes  # noqa: F401
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("p3s_pack", REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules["p3s_pack"] = pack
-    spec.loader.exec_module(pack)
-    import importlib
-    return importlib.import_module("p3s_pack.nodes.patch")
+    comfy_env.import_comfy(cpu=device == "cpu",
+                           args_overrides={"use_pytorch_cross_attention": attention == "pytorch"})
+    comfy_env.comfy_nodes()
+    return comfy_env.pack_module("nodes.patch"), comfy_env.pack_module("p3s_core.schedule")
 
 
 class PeakMemory:
@@ -89,7 +77,7 @@ def main() -> None:
     a = ap.parse_args()
     import torch
     torch.manual_seed(0)
-    patch_mod = _load_host(a.device, a.attention)
+    patch_mod, schedule_mod = _load_host(a.device, a.attention)
     import comfy.model_base
     import comfy.model_management
     import comfy.model_patcher
@@ -131,7 +119,7 @@ def main() -> None:
         if mode == "plain":
             return mp
         m = mp.clone()
-        patch_mod.P3SPatch(reference_latent=ref, mask=mask, weight=1.0, start_percent=0.0, end_percent=1.0,
+        patch_mod.P3SPatch(reference_latent=ref, mask=mask, schedule=schedule_mod.WeightSchedule.constant(1.0),
                            mode=mode).install(m)
         return m
 

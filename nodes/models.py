@@ -1,7 +1,11 @@
 """What P3S needs to know about a MODEL: its family and its transformer blocks."""
 from __future__ import annotations
 
+import torch
+
 import comfy.supported_models as sm
+
+from ..p3s_core.injection import layer_key
 
 SUPPORTED = "SD1.5 and SDXL U-Net checkpoints"
 
@@ -18,20 +22,26 @@ def model_family(model) -> str:
                      f"{SUPPORTED} (and fine-tunes of them); load one of those with Load Checkpoint.")
 
 
-def transformer_layers(model) -> list[tuple[str, int]]:
-    """('input.1.0', dim) for every transformer block of the U-Net, in forward order."""
+def transformer_blocks(model) -> list[tuple[str, torch.nn.Module]]:
+    """('input.1.0', BasicTransformerBlock) for every transformer block of the U-Net, in forward order.
+
+    The keys are the ones P3S's attention patches see (``injection.layer_key`` of ComfyUI's block tuple
+    and block_index), so adapters, the bank and the trainer's attention recorders agree on them.
+    """
     unet = model.model.diffusion_model
-    out: list[tuple[str, int]] = []
+    out: list[tuple[str, torch.nn.Module]] = []
     groups = (("input", unet.input_blocks), ("middle", [unet.middle_block]), ("output", unet.output_blocks))
     for name, blocks in groups:
         for i, block in enumerate(blocks):
             for module in block:
-                tblocks = getattr(module, "transformer_blocks", None)
-                if tblocks is None:
-                    continue
-                for j, tb in enumerate(tblocks):
-                    out.append((f"{name}.{i}.{j}", int(tb.norm1.normalized_shape[0])))
+                for j, tb in enumerate(getattr(module, "transformer_blocks", None) or []):
+                    out.append((layer_key((name, i), j), tb))
     return out
+
+
+def transformer_layers(model) -> list[tuple[str, int]]:
+    """('input.1.0', width) for every transformer block of the U-Net, in forward order."""
+    return [(key, int(tb.norm1.normalized_shape[0])) for key, tb in transformer_blocks(model)]
 
 
 def context_dim(model) -> int:

@@ -24,11 +24,13 @@ from typing import Sequence
 from .server import COMFYUI_DIR, PACK_NAME, REPO, TINY_REGISTRAR, ExecutionFailed, make_layout
 
 
-def import_comfy(comfyui_dir: str | os.PathLike | None = None, cpu: bool | None = None) -> ModuleType:
+def import_comfy(comfyui_dir: str | os.PathLike | None = None, cpu: bool | None = None,
+                 args_overrides: dict | None = None) -> ModuleType:
     """ComfyUI importable here; returns ``comfy.model_management``.
 
     ``comfyui_dir``: default ``$COMFYUI_DIR``, then the test host. ``cpu``: True forces the CPU; None uses
-    the GPU when torch sees one (under torchrun, the one of ``LOCAL_RANK``).
+    the GPU when torch sees one (under torchrun, the one of ``LOCAL_RANK``). ``args_overrides``: ComfyUI
+    command-line settings (``comfy.cli_args.args``) to set before ComfyUI reads them at import.
     """
     import torch
 
@@ -44,6 +46,8 @@ def import_comfy(comfyui_dir: str | os.PathLike | None = None, cpu: bool | None 
         from comfy.cli_args import args
         if cpu or (cpu is None and not torch.cuda.is_available()):
             args.cpu = True
+        for name, value in (args_overrides or {}).items():
+            setattr(args, name, value)
         if "LOCAL_RANK" in os.environ and torch.cuda.is_available() and not args.cpu:
             args.cuda_device = None
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))

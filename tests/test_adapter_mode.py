@@ -1,5 +1,6 @@
 """Adapter mode end to end in the real host: P3S Load Adapter, P3S Apply with an adapter, training with the
-Attention Consistency Loss (scripts/train_adapter.py + p3s_core.training), resume, and refusals (tiny models, CPU).
+Attention Consistency Loss (scripts/train_adapter.py -> nodes/train/ + p3s_core.training), paired references,
+resume, and refusals (tiny models, CPU).
 """
 from __future__ import annotations
 
@@ -56,16 +57,16 @@ def env(host, tmp_path_factory):
     e = Env()
     e.host, e.N = host, host.nodes
     e.ta = _load_script()
-    e.pack = e.ta.load_pack()
-    e.training = e.ta.pack_module(e.pack, "p3s_core.training")
-    e.adapter_mod = e.ta.pack_module(e.pack, "p3s_core.adapter")
+    e.train = host.pack("nodes.train")
+    e.training = host.pack("p3s_core.training")
+    e.adapter_mod = host.pack("p3s_core.adapter")
     e.tmp = tmp_path_factory.mktemp("adapter_mode")
     e.data = _write_dataset(e.tmp / "data", range(6))
     e.heldout = _write_dataset(e.tmp / "heldout", (20, 21, 22), with_points=False)
     e.ckpt = host.base / "models" / "checkpoints" / "tiny_sd15.safetensors"
     e.cv_path = host.base / "models" / "clip_vision" / "tiny_clip_vision.safetensors"
-    model, clip, vae, cv = e.ta.load_models(str(e.ckpt), str(e.cv_path))  # outside inference_mode: trainable
-    e.backend = e.ta.make_backend(e.pack, model, clip, vae, cv, resolution=SIDE, selection_features="builtin")
+    model, clip, vae, cv = e.train.load_models(str(e.ckpt), str(e.cv_path))  # outside inference_mode: trainable
+    e.backend = e.train.ComfyBackend(model, clip, vae, cv, resolution=SIDE, selection_features="builtin")
     e.dataset = e.training.SubjectDataset(e.data, SIDE)
     e.runs = {}
     threads = torch.get_num_threads()
@@ -123,7 +124,7 @@ def _apply(e, adapter=None, model=None, clip_vision="default"):
 
 
 def _spec(e, family="sd15", clip_width=64, model=None):
-    models = e.ta.pack_module(e.pack, "nodes.models")
+    models = e.host.pack("nodes.models")
     m = model or e.m
     return e.adapter_mod.AdapterSpec(family=family, rank=4, alpha=4.0, clip_width=clip_width,
                                      ctx_dim=models.context_dim(m), layers=models.transformer_layers(m))
@@ -248,7 +249,7 @@ def test_training_command_writes_adapter_checkpoints_and_samples(env):
         "--output", str(out), "--steps", "4", "--batch-size", "1", "--rank", "2", "--acl-weight", "10",
         "--sample-every", "4", "--sample-steps", "2", "--checkpoint-every", "2", "--resolution", str(SIDE),
         "--selection-features", "clip", "--no-progress", "--prompt-template", "a photo of {caption}"])
-    res = env.ta.run_training(env.pack, args)
+    res = env.train.run_training(env.ta.make_job(args, env.train))
     assert len(res.history) == 4
     assert out.is_file() and out.with_suffix(".loss.png").is_file()
     assert (out.parent / "cli_adapter.step000002.pt").is_file() and (out.parent / "cli_adapter.step000004.pt").is_file()
@@ -258,9 +259,50 @@ def test_training_command_writes_adapter_checkpoints_and_samples(env):
     assert meta.rank == 2
 
 
+# ---- paired references (references/ + reference_masks/ or reference_points/) -----------------------------
+def _write_pairs(root: Path, seeds) -> Path:
+    """Targets in images/, a different photo of the subject in references/ (clicks for the first one)."""
+    for sub in ("images", "captions", "references", "reference_masks", "reference_points"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for n, seed in enumerate(seeds):
+        target, _, _ = scenes.two_subjects(SIDE, SIDE, seed=seed)
+        ref, masks, centers = scenes.two_subjects(SIDE, SIDE, seed=seed + 50)
+        stem = f"pair{seed}"
+        scenes.save_png(target, root / "images" / f"{stem}.png")
+        (root / "captions" / f"{stem}.txt").write_text("a dog on the grass\n")
+        scenes.save_png(ref.flip(0), root / "references" / f"{stem}.png")  # upside down: unlike any target
+        if n == 0:
+            cx, cy = centers[0]
+            (root / "reference_points" / f"{stem}.json").write_text(json.dumps(
+                {"width": SIDE, "height": SIDE, "positive": [{"x": cx, "y": SIDE - 1 - cy}], "negative": []}))
+        else:
+            scenes.save_mask(masks[n % 2].flip(0), root / "reference_masks" / f"{stem}.png")
+    return root
+
+
+def test_paired_references_train_on_the_tiny_model(env):
+    data = _write_pairs(env.tmp / "pairs", range(30, 34))
+    dataset = env.training.SubjectDataset(data, SIDE)
+    for i in (0, 1):
+        sample = dataset[i]
+        assert sample.reference is not None and sample.mask is None and sample.points is None
+        ref = env.training.prepare_reference(sample, torch.Generator().manual_seed(0))
+        inside = ref.mask > 0.5
+        assert inside.any()
+        # the subject-only reference is cut out of the reference photo, not out of the target
+        assert torch.allclose(ref.subject[inside], sample.reference.image[inside])
+        assert not torch.allclose(ref.subject[inside], sample.image[inside])
+    cfg = _config(env, steps=4, checkpoint_every=0)
+    out = env.tmp / "pairs" / "pairs.safetensors"
+    res = env.training.train(env.backend, dataset, cfg, out, progress=False)
+    assert [h["step"] for h in res.history] == [1, 2, 3, 4]
+    assert all(math.isfinite(h["loss"]) for h in res.history)
+    assert env.adapter_mod.read_adapter_header(out).family == "sd15"
+
+
 # ---- (e) refusals ----------------------------------------------------------------------------------------
 def _unpatched(e, model, before):
-    patch = e.ta.pack_module(e.pack, "nodes.patch")
+    patch = e.host.pack("nodes.patch")
     assert patch.find_patches(model) == [] and repr(model.model_options) == before
 
 
@@ -314,8 +356,8 @@ def test_refusals_load_nothing_and_leave_the_model_unpatched(env):
 def test_adapter_follows_the_model_device_without_moving_the_loaded_one(env):
     """The patch uses the adapter where the MODEL runs (ComfyUI moves patches with model_patches_to); a
     loaded adapter on another device is copied once, never moved in place."""
-    patch_mod = env.ta.pack_module(env.pack, "nodes.patch")
-    schedule_mod = env.ta.pack_module(env.pack, "p3s_core.schedule")
+    patch_mod = env.host.pack("nodes.patch")
+    schedule_mod = env.host.pack("p3s_core.schedule")
     e = _host_models(env)
     adapter = env.adapter_mod.P3SAdapter(_spec(e))
     p = patch_mod.P3SPatch(reference_latent=torch.zeros(1, 4, 8, 8), mask=torch.ones(1, 8, 8),
@@ -339,13 +381,13 @@ def test_torchrun_two_processes_train_one_adapter(env):
     import os
     import subprocess
     import sys
+    from host import COMFYUI_DIR, TINY_REGISTRAR
     out = env.tmp / "ddp" / "ddp_adapter.safetensors"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(REPO / "scripts" / "train_adapter.py"), "--register-tiny", "--cpu",
+           str(REPO / "scripts" / "train_adapter.py"), "--custom-node", str(TINY_REGISTRAR), "--cpu",
            "--checkpoint", str(env.ckpt), "--clip-vision", str(env.cv_path), "--data", str(env.data),
            "--output", str(out), "--steps", "4", "--batch-size", "1", "--rank", "2",
            "--resolution", str(SIDE), "--checkpoint-every", "2", "--no-progress"]
-    from host import COMFYUI_DIR
     env_vars = dict(os.environ, OMP_NUM_THREADS="1", COMFYUI_DIR=str(COMFYUI_DIR))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150, env=env_vars)
     log = proc.stdout + proc.stderr
@@ -364,7 +406,7 @@ def test_training_command_on_the_sdxl_family(env):
         "--checkpoint", str(ckpt), "--clip-vision", str(env.cv_path), "--data", str(env.data),
         "--output", str(out), "--steps", "3", "--batch-size", "1", "--rank", "2", "--acl-weight", "10",
         "--resolution", str(SIDE), "--checkpoint-every", "0", "--no-progress"])
-    res = env.ta.run_training(env.pack, args)
+    res = env.train.run_training(env.ta.make_job(args, env.train))
     assert len(res.history) == 3 and all(math.isfinite(h["loss"]) for h in res.history)
     meta = env.adapter_mod.read_adapter_header(out)
     assert meta.family == "sdxl" and any(k.endswith(".1") for k, _ in meta.layers)  # depth-2 SDXL blocks

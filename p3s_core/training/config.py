@@ -1,0 +1,64 @@
+"""``TrainConfig``: every setting of an adapter training run, with the defaults the command line uses.
+
+scripts/train_adapter.py makes one ``--flag`` per field from this dataclass (name, default, help and
+choices come from here), so the command line and the library cannot disagree.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+TRAIN_FILLS = ("blur", "flat")  # fills of the on-the-fly reference (inpaint needs sampling: not in training)
+
+
+def _opt(default, help: str, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    steps: int = _opt(4000, "optimizer steps")
+    batch_size: int = _opt(1, "images per step and per process")
+    lr: float = _opt(1e-4, "AdamW learning rate")
+    rank: int = _opt(16, "rank of the low-rank reference deltas (file size and capacity grow with it)")
+    alpha: float | None = _opt(None, "delta scale numerator (scale = alpha / rank; default: alpha = rank)",
+                               type=float)
+    acl_weight: float = _opt(100.0, "lambda of the Attention Consistency Loss (0: off, one U-Net pass less)")
+    seed: int = _opt(0, "seeds the adapter init, data order, clicks, timesteps and noise")
+    sample_every: int = _opt(0, "write sample images every N steps (0: never)")
+    checkpoint_every: int = _opt(500, "write a resumable checkpoint every N steps (0: never)")
+    prompt_template: str = _opt("{caption}", "how captions become prompts, e.g. 'a photo of {caption}'")
+    points_range: tuple[int, int] = _opt((1, 3), "clicks sampled per mask and step: LOW HIGH")
+    min_depth: float = _opt(0.35, "clicks lie at least this fraction of the mask's deepest point from its edge")
+    fill: str = _opt("blur", "how the training reference removes everything outside the selection",
+                     choices=TRAIN_FILLS)
+    weight_decay: float = _opt(0.0, "AdamW weight decay")
+    grad_clip: float = _opt(1.0, "gradient norm clipping (0: off)")
+    precision: str = _opt("fp32", "U-Net weights and autocast on GPU; the CPU always runs fp32",
+                          choices=PRECISIONS)
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "rank"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"P3S: --{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"P3S: --lr must be > 0, got {self.lr}")
+        if not (self.acl_weight >= 0 and math.isfinite(self.acl_weight)):
+            raise ValueError(f"P3S: --acl-weight must be >= 0, got {self.acl_weight}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"P3S: --precision must be fp32, fp16 or bf16, got {self.precision!r}")
+        if "{caption}" not in self.prompt_template:
+            raise ValueError(f"P3S: --prompt-template {self.prompt_template!r} must contain {{caption}}")
+        lo, hi = self.points_range
+        if not 1 <= lo <= hi:
+            raise ValueError(f"P3S: points_range {self.points_range} must satisfy 1 <= low <= high")
+        if self.fill not in TRAIN_FILLS:
+            raise ValueError(f"P3S: --fill must be one of {', '.join(TRAIN_FILLS)}, got {self.fill!r}")
+        if not 0.0 <= self.min_depth <= 1.0:
+            raise ValueError(f"P3S: --min-depth must be in 0..1, got {self.min_depth}")
+
+
+def config_fields() -> list:
+    """The dataclass fields of ``TrainConfig`` (for the command line)."""
+    return list(fields(TrainConfig))

@@ -1,0 +1,207 @@
+"""The training loop: AdamW over the adapter only, L = L_diffusion + lambda * ACL, checkpoints and resume.
+
+The frozen diffusion model is a *backend* (duck-typed, see ``Backend``; the ComfyUI one is
+nodes/train/backend.py), so this module stays free of ComfyUI.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+
+from ..adapter import AdapterSpec, P3SAdapter, save_adapter
+from ..losses import attention_consistency_loss, diffusion_loss, total_loss
+from .batches import Batch, make_batch
+from .checkpoints import checkpoint_path, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .distributed import DistContext
+from .loss_curve import write_loss_curve
+
+log = logging.getLogger("P3S")
+
+
+@dataclass
+class ForwardOutput:
+    pred: torch.Tensor                     # predicted noise (eps) [B, C, h, w], with grad into the adapter
+    target: torch.Tensor                   # the noise that was added
+    maps_with: list[torch.Tensor] = field(default_factory=list)     # attn2 probs, injection on
+    maps_without: list[torch.Tensor] = field(default_factory=list)  # attn2 probs, no injection (no grad)
+
+
+class Backend(Protocol):
+    """What ``train`` needs from the frozen diffusion model."""
+    family: str
+    layers: list[tuple[str, int]]
+    ctx_dim: int
+    clip_width: int
+    device: torch.device
+
+    def selection_features(self, image: torch.Tensor) -> torch.Tensor | None: ...
+    def forward(self, adapter: P3SAdapter, batch: Batch, generator: torch.Generator,
+                record_acl: bool) -> ForwardOutput: ...
+
+
+def compute_loss(out: ForwardOutput, acl_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """L = L_diffusion + lambda * ACL, and the parts as floats for logging (acl NaN when not recorded)."""
+    diff = diffusion_loss(out.pred, out.target)
+    acl = attention_consistency_loss(out.maps_with, out.maps_without) if out.maps_with else None
+    loss = total_loss(diff, acl, acl_weight)
+    return loss, {"loss": float(loss.detach()), "diffusion": float(diff.detach()),
+                  "acl": float(acl.detach()) if acl is not None else float("nan")}
+
+
+def make_adapter(backend, config: TrainConfig) -> P3SAdapter:
+    """A fresh (zero-effect) adapter for the backend's model, fp32 on its device."""
+    with torch.random.fork_rng(devices=[]):  # adapter init depends on the seed only, not on what ran before
+        torch.manual_seed(config.seed)
+        spec = AdapterSpec(family=backend.family, rank=config.rank,
+                           alpha=float(config.alpha if config.alpha is not None else config.rank),
+                           clip_width=backend.clip_width, ctx_dim=backend.ctx_dim, layers=backend.layers)
+        adapter = P3SAdapter(spec)
+    return adapter.to(device=backend.device, dtype=torch.float32)
+
+
+def draw_batch(backend, dataset, config: TrainConfig, generator: torch.Generator) -> Batch:
+    """``config.batch_size`` random samples with fresh clicks and their on-the-fly references."""
+    idx = torch.randint(len(dataset), (config.batch_size,), generator=generator).tolist()
+    return make_batch(dataset, idx, generator, template=config.prompt_template,
+                      features_fn=getattr(backend, "selection_features", None),
+                      points_range=tuple(config.points_range), min_depth=config.min_depth, fill=config.fill)
+
+
+@dataclass
+class TrainResult:
+    adapter: P3SAdapter
+    history: list[dict]
+    output: Path | None
+    checkpoints: list[Path]
+    seconds_per_step: float
+
+
+class _Stepper:
+    """One optimizer step: backward (GradScaler for fp16 on CUDA), gradient averaging, clipping, AdamW."""
+
+    def __init__(self, adapter: P3SAdapter, config: TrainConfig, device: torch.device, dist: DistContext):
+        self.adapter, self.config, self.dist = adapter, config, dist
+        self.params = [p for p in adapter.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        use_scaler = config.precision == "fp16" and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=True) if use_scaler else None
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        self.dist.average_grads(self.adapter)
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+
+
+def _finish(adapter: P3SAdapter, history: list[dict], output: Path, step: int, config: TrainConfig,
+            extra_metadata: dict | None) -> None:
+    meta = {"p3s_steps": step, "p3s_acl_weight": config.acl_weight, "p3s_lr": config.lr,
+            "p3s_batch_size": config.batch_size, "p3s_seed": config.seed, **(extra_metadata or {})}
+    if history:
+        meta["p3s_final_loss"] = f"{history[-1]['loss']:.6g}"
+    save_adapter(adapter, output, extra_metadata=meta)
+    write_loss_curve(history, output.with_suffix(".loss.png"))
+
+
+def train(backend, dataset, config: TrainConfig, output: str | os.PathLike | None, *,
+          resume: str | os.PathLike | None = None, sample_fn: Callable[[P3SAdapter, int], Any] | None = None,
+          dist: DistContext | None = None, progress: bool = True, stop_at: int | None = None,
+          extra_metadata: dict | None = None) -> TrainResult:
+    """Train an adapter on ``dataset`` with ``backend``; write checkpoints, samples, the adapter and the curve.
+
+    ``stop_at``: stop after this step (for tests and interrupted runs: the final adapter is still written,
+    the step counter in checkpoints stays that of the run). Resume continues the same step counter,
+    history, optimizer and RNG state, so an interrupted and resumed run follows the uninterrupted one.
+    (One loop over the steps with its bookkeeping: kept in one piece so the order of RNG use, which
+    resume depends on, reads top to bottom.)
+    """
+    config.validate()
+    dist = dist or DistContext()
+    output = Path(output) if output is not None else None
+    writes = output is not None and dist.is_main
+    if writes:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    adapter = make_adapter(backend, config)
+    stepper = _Stepper(adapter, config, backend.device, dist)
+    generator = torch.Generator().manual_seed(config.seed * 1000003 + dist.rank)
+    torch.manual_seed(config.seed)
+    step, history = 0, []
+    if resume is not None:
+        step, history, _ = load_checkpoint(resume, adapter, stepper.optimizer, generator, stepper.scaler)
+        if dist.rank > 0:  # every rank restored rank 0's data RNG: give each its own stream again
+            generator.manual_seed(config.seed * 1000003 + dist.rank + 7919 * step)
+        log.info("P3S: resumed from %s at step %d", resume, step)
+    dist.broadcast_params(adapter)
+    last = min(config.steps, stop_at) if stop_at is not None else config.steps
+    checkpoints: list[Path] = []
+    bar = None
+    if progress and dist.is_main:
+        from tqdm import tqdm
+        bar = tqdm(total=config.steps, initial=step, desc="P3S train", dynamic_ncols=True)
+    t0, timed, first = time.perf_counter(), 0, step
+    adapter.train()
+    while step < last:
+        if step == first + 1:
+            t0, timed = time.perf_counter(), 0  # time from the 2nd step on (the first warms caches up)
+        out = backend.forward(adapter, draw_batch(backend, dataset, config, generator), generator,
+                              record_acl=config.acl_weight > 0)
+        loss, parts = compute_loss(out, config.acl_weight)
+        if not math.isfinite(parts["loss"]):
+            raise ValueError(f"P3S: training diverged at step {step + 1} (loss {parts['loss']}): lower --lr, "
+                             "or use --precision bf16/fp32 instead of fp16")
+        stepper.step(loss)
+        step, timed = step + 1, timed + 1
+        parts = dist.mean(parts, backend.device)
+        history.append({"step": step, **parts})
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{parts['loss']:.4f}", acl=f"{parts['acl']:.3g}")
+        if writes and config.checkpoint_every and step % config.checkpoint_every == 0:
+            checkpoints.append(save_checkpoint(checkpoint_path(output, step), adapter, stepper.optimizer, step,
+                                               history, generator, config, stepper.scaler))
+        if writes and config.sample_every and sample_fn is not None and step % config.sample_every == 0:
+            adapter.eval()
+            with torch.no_grad():
+                sample_fn(adapter, step)
+            adapter.train()
+    if bar is not None:
+        bar.close()
+    secs = (time.perf_counter() - t0) / timed if timed else float("nan")
+    adapter.eval()
+    if writes:
+        _finish(adapter, history, output, step, config, extra_metadata)
+    return TrainResult(adapter, history, output, checkpoints, secs)
+
+
+@torch.no_grad()
+def evaluate(backend, adapter: P3SAdapter, dataset, config: TrainConfig, batches: int = 4,
+             seed: int = 12345) -> dict[str, float]:
+    """Mean diffusion loss and ACL (cross-attention deviation) on ``batches`` fixed held-out batches."""
+    g = torch.Generator().manual_seed(seed)
+    diffs, acls = [], []
+    was = adapter.training
+    adapter.eval()
+    for _ in range(batches):
+        out = backend.forward(adapter, draw_batch(backend, dataset, config, g), g, record_acl=True)
+        diffs.append(float(diffusion_loss(out.pred, out.target)))
+        acls.append(float(attention_consistency_loss(out.maps_with, out.maps_without)))
+    adapter.train(was)
+    return {"diffusion": sum(diffs) / len(diffs), "acl": sum(acls) / len(acls)}

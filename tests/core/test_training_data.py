@@ -1,0 +1,109 @@
+"""The training dataset and configuration (pure core, no comfy): paired references, refusals, CLI defaults."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import types
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from p3s_core.training import SubjectDataset, TrainConfig, prepare_reference
+
+REPO = Path(__file__).resolve().parents[2]
+SIDE = 32
+
+
+def _png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _scene(side: int, x0: int, colour) -> tuple[np.ndarray, np.ndarray]:
+    image = np.full((side, side, 3), 90, np.uint8)
+    mask = np.zeros((side, side), np.uint8)
+    mask[side // 4: 3 * side // 4, x0: x0 + side // 3] = 255
+    image[mask > 0] = colour
+    return image, mask
+
+
+def _dataset(root: Path, paired: bool = True, ref_mask: str = "good") -> Path:
+    target, target_mask = _scene(SIDE, 2, (200, 120, 60))
+    _png(root / "images" / "a.png", target)
+    (root / "captions").mkdir(parents=True, exist_ok=True)
+    (root / "captions" / "a.txt").write_text("a dog")
+    if not paired:
+        _png(root / "masks" / "a.png", target_mask)
+        return root
+    ref, mask = _scene(2 * SIDE, SIDE, (60, 120, 200))  # another photo, another size and place
+    _png(root / "references" / "a.png", ref)
+    if ref_mask == "good":
+        _png(root / "reference_masks" / "a.png", mask)
+    elif ref_mask == "wrong_size":
+        _png(root / "reference_masks" / "a.png", mask[:SIDE, :SIDE])
+    elif ref_mask == "empty":
+        _png(root / "reference_masks" / "a.png", np.zeros_like(mask))
+    elif ref_mask == "points":
+        (root / "reference_points").mkdir(parents=True)
+        (root / "reference_points" / "a.json").write_text(json.dumps(
+            {"width": 2 * SIDE, "height": 2 * SIDE, "positive": [{"x": SIDE + 5, "y": SIDE}], "negative": []}))
+    return root
+
+
+@pytest.mark.parametrize("kind", ["good", "points"])
+def test_a_paired_reference_is_the_selection_source(tmp_path, kind):
+    sample = SubjectDataset(_dataset(tmp_path, ref_mask=kind), SIDE)[0]
+    assert sample.reference is not None and sample.source is sample.reference
+    assert sample.reference.image.shape == (SIDE, SIDE, 3)
+    assert (sample.reference.mask is None) == (kind == "points")
+    ref = prepare_reference(sample, torch.Generator().manual_seed(0), fill="flat")
+    inside = ref.mask > 0.5
+    assert inside.any()
+    assert torch.allclose(ref.subject[inside], sample.reference.image[inside])  # cut from the reference photo
+    blue = torch.tensor([60, 120, 200]) / 255.0
+    assert (ref.subject[inside] - blue).abs().max() < 0.05
+
+
+def test_without_references_the_target_is_its_own_reference(tmp_path):
+    sample = SubjectDataset(_dataset(tmp_path, paired=False), SIDE)[0]
+    assert sample.reference is None
+    assert sample.source.image is sample.image and sample.source.mask is sample.mask
+
+
+@pytest.mark.parametrize("ref_mask,when,match", [
+    ("missing", "init", r"^P3S: dataset .*references/a.png has neither reference_masks/a.png nor "
+                        r"reference_points/a.json"),
+    ("wrong_size", "load", r"^P3S: dataset: reference_masks/a.png is 32x32 but references/a.png is 64x64"),
+    ("empty", "load", r"^P3S: dataset: reference_masks/a.png has no white \(subject\) pixels"),
+])
+def test_a_wrong_or_missing_reference_mask_is_refused(tmp_path, ref_mask, when, match):
+    root = _dataset(tmp_path, ref_mask=ref_mask)
+    with pytest.raises(ValueError, match=match):
+        SubjectDataset(root, SIDE)[0] if when == "load" else SubjectDataset(root, SIDE)
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("p3s_train_cli", REPO / "scripts" / "train_adapter.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_command_line_defaults_are_trainconfig_defaults_and_every_field_is_a_flag():
+    ta = _script()
+    required = ["--checkpoint", "c", "--clip-vision", "v", "--data", "d", "--output", "o.safetensors"]
+    args = ta.build_parser().parse_args(required)
+    fake = types.SimpleNamespace(TrainConfig=TrainConfig, TrainJob=lambda **kw: kw)
+    assert ta.make_job(args, fake)["config"] == TrainConfig()
+    custom = ["--steps", "7", "--alpha", "8", "--points-range", "2", "4", "--fill", "flat", "--min-depth", "0.5",
+              "--weight-decay", "0.01", "--grad-clip", "0", "--precision", "bf16", "--prompt-template", "x {caption}"]
+    config = ta.make_job(ta.build_parser().parse_args(required + custom), fake)["config"]
+    assert (config.steps, config.alpha, config.points_range, config.fill, config.min_depth, config.weight_decay,
+            config.grad_clip, config.precision, config.prompt_template) == \
+        (7, 8.0, (2, 4), "flat", 0.5, 0.01, 0.0, "bf16", "x {caption}")
+    flags = {a.dest for a in ta.build_parser()._actions}
+    assert {f.name for f in fields(TrainConfig)} <= flags
