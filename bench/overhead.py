@@ -64,6 +64,50 @@ class PeakMemory:
             self._t.join()
 
 
+# The SD1.5 U-Net config as comfy/model_detection.py defines it for real SD1.5 checkpoints.
+SD15_UNET = {'use_checkpoint': False, 'image_size': 32, 'out_channels': 4, 'use_spatial_transformer': True,
+             'legacy': False, 'adm_in_channels': None, 'in_channels': 4, 'model_channels': 320,
+             'num_res_blocks': [2, 2, 2, 2], 'transformer_depth': [1, 1, 1, 1, 1, 1, 0, 0],
+             'channel_mult': [1, 2, 4, 4], 'transformer_depth_middle': 1, 'use_linear_in_transformer': False,
+             'context_dim': 768, 'num_heads': 8, 'transformer_depth_output': [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+             'use_temporal_attention': False, 'use_temporal_resblock': False}
+
+
+def sd15_patcher(device: str, dtype):
+    """A ModelPatcher of an SD1.5-shaped U-Net with random weights (scaled to keep activations sane)."""
+    import torch
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+    mc = comfy.supported_models.SD15(dict(SD15_UNET))
+    mc.set_inference_dtype(dtype, None)
+    dev = torch.device(device)
+    model = comfy.model_base.BaseModel(mc, device=dev)
+    with torch.no_grad():
+        for p in model.diffusion_model.parameters():
+            if p.ndim <= 1:
+                p.fill_(1.0 if p.shape and p.shape[0] > 0 else 0.0)
+            else:
+                p.normal_(0, 1.0 / max(1, p[0].numel()) ** 0.5)
+    model.diffusion_model.to(dev, dtype)
+    return comfy.model_patcher.ModelPatcher(model, load_device=dev, offload_device=dev)
+
+
+def best_of(run, repeats: int, device: str) -> tuple[float, int]:
+    """(best seconds, peak memory bytes) of ``repeats`` calls of ``run``."""
+    import torch
+    best, peak = float("inf"), 0
+    for _ in range(repeats):
+        with PeakMemory(device) as pm:
+            t = time.perf_counter()
+            run()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t)
+        peak = max(peak, pm.peak)
+    return best, peak
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--latent", type=int, default=32, help="latent side (32 = 256 px, 64 = 512 px)")
@@ -78,33 +122,11 @@ def main() -> None:
     import torch
     torch.manual_seed(0)
     patch_mod, schedule_mod = _load_host(a.device, a.attention)
-    import comfy.model_base
-    import comfy.model_management
-    import comfy.model_patcher
     import comfy.sample
-    import comfy.supported_models
     dtype = getattr(torch, a.dtype) if a.dtype else (torch.float16 if a.device == "cuda" else torch.float32)
-    # The SD1.5 U-Net config as comfy/model_detection.py defines it for real SD1.5 checkpoints.
-    cfg = {'use_checkpoint': False, 'image_size': 32, 'out_channels': 4, 'use_spatial_transformer': True,
-           'legacy': False, 'adm_in_channels': None, 'in_channels': 4, 'model_channels': 320,
-           'num_res_blocks': [2, 2, 2, 2], 'transformer_depth': [1, 1, 1, 1, 1, 1, 0, 0],
-           'channel_mult': [1, 2, 4, 4], 'transformer_depth_middle': 1, 'use_linear_in_transformer': False,
-           'context_dim': 768, 'num_heads': 8, 'transformer_depth_output': [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-           'use_temporal_attention': False, 'use_temporal_resblock': False}
-    mc = comfy.supported_models.SD15(cfg)
-    mc.set_inference_dtype(dtype, None)
     t0 = time.time()
-    dev = torch.device(a.device)
-    model = comfy.model_base.BaseModel(mc, device=dev)
-    with torch.no_grad():
-        for p in model.diffusion_model.parameters():  # random weights, scaled to keep activations sane
-            if p.ndim <= 1:
-                p.fill_(1.0 if p.shape and p.shape[0] > 0 else 0.0)
-            else:
-                p.normal_(0, 1.0 / max(1, p[0].numel()) ** 0.5)
-    model.diffusion_model.to(dev, dtype)
-    mp = comfy.model_patcher.ModelPatcher(model, load_device=dev, offload_device=dev)
-    print(f"model: SD1.5 shapes, {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params, {dtype}, "
+    mp = sd15_patcher(a.device, dtype)
+    print(f"model: SD1.5 shapes, {sum(p.numel() for p in mp.model.parameters()) / 1e6:.0f}M params, {dtype}, "
           f"{a.device}, built in {time.time() - t0:.1f}s; latent {a.latent}x{a.latent}, cfg 7, {a.steps} steps")
 
     g = torch.Generator().manual_seed(1)
@@ -134,17 +156,8 @@ def main() -> None:
         run(m, 2)
     results = {}
     for mode, m in models.items():
-        best, peak = float("inf"), 0
-        for _ in range(a.repeats):
-            with PeakMemory(a.device) as pm:
-                t = time.perf_counter()
-                run(m)
-                if a.device == "cuda":
-                    torch.cuda.synchronize()
-                best = min(best, time.perf_counter() - t)
-            peak = max(peak, pm.peak)
-        results[mode] = (best, peak)
-        print(f"{mode:9s} {best:8.2f} s   peak {peak / 2**20:9.0f} MiB")
+        results[mode] = best_of(lambda: run(m), a.repeats, a.device)
+        print(f"{mode:9s} {results[mode][0]:8.2f} s   peak {results[mode][1] / 2**20:9.0f} MiB")
     p_t, p_m = results["plain"]
     print(f"ratio per_step={results['per_step'][0] / p_t:.2f}x cached={results['cached'][0] / p_t:.2f}x "
           f"memory_per_step={results['per_step'][1] / p_m:.2f}x memory_cached={results['cached'][1] / p_m:.2f}x")

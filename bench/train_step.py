@@ -25,6 +25,16 @@ from p3s_host import comfy_env  # noqa: E402
 from p3s_host.server import COMFYUI_DIR  # noqa: E402
 
 
+def _models(args, tmp: Path) -> tuple[str, str, int | None]:
+    """(checkpoint, CLIP vision, side): the user's, or tiny random ones written into ``tmp``."""
+    if args.checkpoint is not None:
+        return args.checkpoint, args.clip_vision, args.resolution
+    from p3s_host import tiny_models
+    tiny_models.register()
+    return (tiny_models.make_checkpoint(str(tmp / "tiny_sd15.safetensors")),
+            tiny_models.make_clip_vision_file(str(tmp / "tiny_clip_vision.safetensors")), args.resolution or 64)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--comfyui-dir", default=str(COMFYUI_DIR), help="default: $COMFYUI_DIR, else the test host")
@@ -45,16 +55,9 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="p3s_bench_"))
-    if args.checkpoint is None:
-        from p3s_host import tiny_models
-        tiny_models.register()
-        ckpt = tiny_models.make_checkpoint(str(tmp / "tiny_sd15.safetensors"))
-        cvp = tiny_models.make_clip_vision_file(str(tmp / "tiny_clip_vision.safetensors"))
-        side = args.resolution or 64
-    else:
-        if not args.clip_vision:
-            p.error("--clip-vision is required with --checkpoint")
-        ckpt, cvp, side = args.checkpoint, args.clip_vision, args.resolution
+    if args.checkpoint is not None and not args.clip_vision:
+        p.error("--clip-vision is required with --checkpoint")
+    ckpt, cvp, side = _models(args, tmp)
     train = comfy_env.pack_module("nodes.train")
     training = comfy_env.pack_module("p3s_core.training")
     model, clip, vae, cv = train.load_models(ckpt, cvp, args.precision)

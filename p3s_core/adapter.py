@@ -1,6 +1,6 @@
-"""P3S adapter (the paper's "trainable copy with simplified layers") and its safetensors format.
+"""P3S adapter (the paper's "trainable copy with simplified layers") and its safetensors files.
 
-Adapter mode, as DESIGN.md section 1 fixes it (the paper gives no architecture; these choices are
+Adapter mode, as docs/design.md describes it (the paper gives no architecture; these choices are
 ours and kept small and easy to change):
 - per transformer block of the REFERENCE pass, a low-rank residual on the self-attention input:
   ``n + up(down(n)) * alpha / rank`` with ``up`` zero-initialised (fresh adapter == identity);
@@ -8,17 +8,14 @@ ours and kept small and easy to change):
   masked CLIP-vision patch tokens, blended with the text context by a learnable gate that starts
   at 0 (fresh adapter returns the text context exactly).
 
-Files are safetensors only, flat tensor names (``lora.input.1.0.down.weight``, ``proj.*``,
-``gate``) and string metadata (see ``AdapterSpec.to_metadata``) checked against the MODEL.
+The architecture record, the file metadata and the compatibility check are ``p3s_core.adapter_spec``
+(re-exported here); this module holds the torch modules and reads and writes the files.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -26,108 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .adapter_spec import (CLIP_WIDTH_NAMES, FAMILIES, FORMAT_NAME, FORMAT_VERSION, RESERVED_METADATA, AdapterSpec,
+                           check_compatible, family_name, width_name)
+
 log = logging.getLogger("P3S")
 
-FORMAT_NAME = "p3s-adapter"
-FORMAT_VERSION = 1
-FAMILIES = {"sd15": "SD1.5", "sdxl": "SDXL"}
-# Known CLIP-vision token widths, only to make mismatch messages readable.
-CLIP_WIDTH_NAMES = {768: "ViT-B", 1024: "ViT-L", 1280: "ViT-H", 1664: "ViT-bigG"}
-RESERVED_METADATA = ("format", "format_version", "family", "rank", "alpha", "clip_width",
-                     "ctx_dim", "num_queries", "layers")
-
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "AdapterSpec", "LowRankDelta", "SubjectResampler",
-           "P3SAdapter", "save_adapter", "read_adapter_header", "load_adapter", "check_compatible",
-           "adapter_state_dict", "load_adapter_state_dict", "expected_tensor_shapes"]
-
-
-def _family_name(family: str) -> str:
-    return FAMILIES.get(family, family)
-
-
-def _width_name(width: int) -> str:
-    name = CLIP_WIDTH_NAMES.get(width)
-    return f"{width} ({name})" if name else str(width)
-
-
-@dataclass
-class AdapterSpec:
-    """Architecture of one adapter; everything needed to rebuild it from a file header."""
-
-    family: str
-    rank: int
-    alpha: float
-    clip_width: int
-    ctx_dim: int
-    layers: list[tuple[str, int]] = field(default_factory=list)
-    num_queries: int = 77
-    version: int = FORMAT_VERSION
-
-    def __post_init__(self) -> None:
-        self.layers = [(str(k), int(d)) for k, d in self.layers]
-        self.validate()
-
-    def validate(self, source: str = "adapter spec") -> None:
-        if self.family not in FAMILIES:
-            raise ValueError(f"P3S: {source}: family {self.family!r} is not supported; "
-                             f"expected one of {sorted(FAMILIES)}")
-        for name in ("rank", "clip_width", "ctx_dim", "num_queries"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"P3S: {source}: {name} must be > 0, found {getattr(self, name)}")
-        if not math.isfinite(float(self.alpha)):
-            raise ValueError(f"P3S: {source}: alpha must be finite, found {self.alpha}")
-        keys = [k for k, _ in self.layers]
-        if len(set(keys)) != len(keys):
-            raise ValueError(f"P3S: {source}: duplicate layer keys in {keys}")
-        for key, dim in self.layers:
-            parts = key.split(".")
-            if not all(p.isidentifier() or p.isdigit() for p in parts) or dim <= 0:
-                raise ValueError(f"P3S: {source}: bad layer ({key!r}, {dim}); expected keys like "
-                                 "'input.1.0' and a positive width")
-            # A key that is the prefix of another would need one module to be both a leaf and a
-            # container in the nested tensor naming.
-            if any(other.startswith(key + ".") for other in keys):
-                raise ValueError(f"P3S: {source}: layer key {key!r} is a prefix of another key")
-
-    def to_metadata(self) -> dict[str, str]:
-        """The safetensors metadata (all strings) that describes this spec."""
-        return {
-            "format": FORMAT_NAME, "format_version": str(self.version), "family": self.family,
-            "rank": str(int(self.rank)), "alpha": repr(float(self.alpha)),
-            "clip_width": str(int(self.clip_width)), "ctx_dim": str(int(self.ctx_dim)),
-            "num_queries": str(int(self.num_queries)),
-            "layers": json.dumps([[k, int(d)] for k, d in self.layers]),
-        }
-
-    @classmethod
-    def from_metadata(cls, meta: Mapping[str, str] | None, source: str = "adapter") -> "AdapterSpec":
-        """Parse and check P3S metadata; ``source`` names the file in error messages."""
-        if not meta or meta.get("format") != FORMAT_NAME:
-            found = "no metadata" if not meta else f"format={meta.get('format')!r}"
-            raise ValueError(
-                f"P3S: {source} is not a P3S adapter ({found}; expected format={FORMAT_NAME!r} "
-                "metadata). It may be a LoRA, IPAdapter or checkpoint: load it with the matching "
-                "loader, or use an adapter file saved by P3S training.")
-        version = meta.get("format_version")
-        if version != str(FORMAT_VERSION):
-            raise ValueError(
-                f"P3S: {source} has adapter format_version {version!r}, this P3S supports "
-                f"{FORMAT_VERSION!r}: update the P3S node pack, or re-save the adapter with this one.")
-        try:
-            spec = cls(family=meta["family"], rank=int(meta["rank"]), alpha=float(meta["alpha"]),
-                       clip_width=int(meta["clip_width"]), ctx_dim=int(meta["ctx_dim"]),
-                       layers=[(k, d) for k, d in json.loads(meta["layers"])],
-                       num_queries=int(meta.get("num_queries", "77")), version=int(version))
-        except ValueError as exc:
-            if str(exc).startswith("P3S:"):
-                raise ValueError(f"{exc} (in {source}; the file is corrupt, re-download or "
-                                 "re-train it)") from None
-            raise ValueError(f"P3S: {source} has unreadable P3S metadata ({exc}): the file is "
-                             "corrupt, re-download or re-train it") from None
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"P3S: {source} has incomplete P3S metadata (missing or bad {exc}): "
-                             "the file is corrupt, re-download or re-train it") from None
-        return spec
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "FAMILIES", "CLIP_WIDTH_NAMES", "RESERVED_METADATA", "AdapterSpec",
+           "LowRankDelta", "SubjectResampler", "P3SAdapter", "save_adapter", "read_adapter_header", "load_adapter",
+           "check_compatible", "adapter_state_dict", "load_adapter_state_dict", "expected_tensor_shapes"]
 
 
 class LowRankDelta(nn.Module):
@@ -238,8 +141,8 @@ class P3SAdapter(nn.Module):
                              f"{self.spec.ctx_dim}, got {cdim}: use an adapter for this MODEL")
         if subject_tokens.shape[-1] != self.spec.clip_width:
             raise ValueError(
-                f"P3S: CLIP_VISION token width {_width_name(subject_tokens.shape[-1])} but adapter "
-                f"{self.source!r} expects {_width_name(self.spec.clip_width)}: connect the "
+                f"P3S: CLIP_VISION token width {width_name(subject_tokens.shape[-1])} but adapter "
+                f"{self.source!r} expects {width_name(self.spec.clip_width)}: connect the "
                 "CLIP_VISION model the adapter was trained with")
         if valid is None:
             valid = torch.ones(subject_tokens.shape[:2], dtype=torch.bool, device=subject_tokens.device)
@@ -262,41 +165,6 @@ class P3SAdapter(nn.Module):
     def check_compatible(self, **kwargs: Any) -> None:
         """See ``check_compatible``; uses this adapter's spec and file name."""
         check_compatible(self.spec, self.source, **kwargs)
-
-
-def check_compatible(spec: AdapterSpec, source: str, *, family: str | None = None,
-                     layers: Sequence[tuple[str, int]] | None = None, ctx_dim: int | None = None,
-                     clip_width: int | None = None) -> None:
-    """Raise ``ValueError("P3S: ...")`` if ``spec`` does not fit the MODEL / CLIP_VISION given."""
-    if family is not None and family != spec.family:
-        raise ValueError(
-            f"P3S: adapter {source!r} is for {_family_name(spec.family)} but the MODEL is "
-            f"{_family_name(family)}: use an {_family_name(family)} adapter")
-    if ctx_dim is not None and int(ctx_dim) != spec.ctx_dim:
-        raise ValueError(
-            f"P3S: adapter {source!r} has cross-attention width {spec.ctx_dim} but the MODEL uses "
-            f"{ctx_dim}: use an adapter trained for this model")
-    if layers is not None:
-        want = {str(k): int(d) for k, d in layers}
-        have = dict(spec.layers)
-        if want != have:
-            missing = sorted(set(want) - set(have))
-            extra = sorted(set(have) - set(want))
-            dims = sorted(f"{k}: {have[k]} vs {want[k]}" for k in set(want) & set(have)
-                          if want[k] != have[k])
-            detail = "; ".join(s for s in (
-                f"MODEL layers missing from the adapter: {missing[:6]}" if missing else "",
-                f"adapter layers not in the MODEL: {extra[:6]}" if extra else "",
-                f"width adapter vs MODEL: {dims[:6]}" if dims else "") if s)
-            raise ValueError(
-                f"P3S: adapter {source!r} has {len(have)} transformer layers, the MODEL has "
-                f"{len(want)}, and they differ ({detail}): it was trained on a different architecture; "
-                "use an adapter trained for this model")
-    if clip_width is not None and int(clip_width) != spec.clip_width:
-        raise ValueError(
-            f"P3S: CLIP_VISION gives token width {_width_name(int(clip_width))} but adapter "
-            f"{source!r} expects {_width_name(spec.clip_width)}: connect the CLIP_VISION model the "
-            "adapter was trained with")
 
 
 def expected_tensor_shapes(spec: AdapterSpec) -> dict[str, tuple[int, ...]]:
@@ -354,7 +222,7 @@ def save_adapter(adapter: P3SAdapter, path: str | os.PathLike,
     save_file(adapter_state_dict(adapter, dtype), str(tmp), metadata=meta)
     os.replace(tmp, path)
     log.info("P3S: saved adapter %s (%s, %d layers, rank %d)", path.name,
-             _family_name(adapter.spec.family), len(adapter.spec.layers), adapter.spec.rank)
+             family_name(adapter.spec.family), len(adapter.spec.layers), adapter.spec.rank)
 
 
 def _corrupt(path: Path, exc: BaseException) -> ValueError:
@@ -407,5 +275,5 @@ def load_adapter(path: str | os.PathLike, *, family: str | None = None,
     adapter.source = path.name
     load_adapter_state_dict(adapter, tensors, source=f"adapter {path.name!r}")
     log.info("P3S: loaded adapter %s (%s, %d layers, rank %d)", path.name,
-             _family_name(spec.family), len(spec.layers), spec.rank)
+             family_name(spec.family), len(spec.layers), spec.rank)
     return adapter.to(device=device, dtype=dtype)

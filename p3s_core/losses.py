@@ -1,4 +1,4 @@
-"""Training losses for P3S adapters (DESIGN.md section 1, "Attention Consistency Loss").
+"""Training losses for P3S adapters (docs/design.md, section 1, "Attention Consistency Loss").
 
 L = L_diffusion + lambda * mean_layers ||A_with - sg(A_without)||^2, where A are the denoising
 U-Net's text cross-attention probabilities with and without injection. The stop-gradient keeps

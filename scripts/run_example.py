@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,7 +132,7 @@ def save_outputs(srv, prompt: dict, entry: dict, out: Path) -> list[Path]:
     return written
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description="Run the P3S two-dogs example headless in a real ComfyUI server.")
     ap.add_argument("--out", default=str(REPO / "outputs"), help="where the images go (default: outputs/)")
     ap.add_argument("--models", default=os.environ.get("P3S_MODELS_DIR"),
@@ -147,8 +148,64 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=None, help="latent size in pixels (default: the workflow's; tiny: 256)")
     ap.add_argument("--cpu", action="store_true", help="force --cpu even when a GPU is visible")
     ap.add_argument("--keep", action="store_true", help="keep the temporary ComfyUI base directory")
-    a = ap.parse_args(argv)
+    return ap
 
+
+@dataclass
+class Models:
+    checkpoint: str
+    steps: int | None
+    size: int | None
+    folder: Path | None = None        # a ComfyUI models folder; None: tiny models written into the base dir
+    clip_vision: str | None = None
+
+
+def choose_models(a: argparse.Namespace, base: Path) -> Models | None:
+    """The tiny models (written into ``base``) or the user's folder; None (after saying why) when unusable."""
+    if not a.models:
+        log(f"NOTE: {TINY_NOTICE}")
+        write_tiny_models(base)
+        return Models(TINY_CKPT, a.steps or 8, a.size or 256)
+    folder = Path(a.models).expanduser().resolve()
+    checkpoint = a.checkpoint or DEFAULT_CKPT
+    if not (folder / "checkpoints" / checkpoint).is_file():
+        log(f"checkpoint {checkpoint!r} not found in {folder / 'checkpoints'}: put an SD1.5 checkpoint there "
+            "or name yours with --checkpoint NAME")
+        return None
+    clip_name = None
+    if a.clip_vision == "auto":
+        clip_name = next((n for n in CLIP_VISION_NAMES if (folder / "clip_vision" / n).is_file()), None)
+    elif a.clip_vision != "none":
+        clip_name = a.clip_vision
+    log(f"real models from {folder}: checkpoint {checkpoint}, "
+        f"CLIP vision {clip_name or '(none: built-in selection features)'}")
+    return Models(checkpoint, a.steps, a.size, folder, clip_name)
+
+
+def run_workflow(srv: host_server.Server, workflow: Path, m: Models, out: Path) -> list[Path]:
+    """Convert ``workflow`` with the server's /object_info, map the models, run it, save its images."""
+    shutil.copy(REFERENCE, srv.base / "input" / REFERENCE.name)
+    prompt = ui_to_api.convert(json.loads(workflow.read_text()), srv.get("/object_info"))
+    prompt = map_prompt(prompt, checkpoint=m.checkpoint, latent=m.size, steps=m.steps, prefix="P3S/example")
+    if m.clip_vision:
+        prompt = add_clip_vision(prompt, m.clip_vision)
+    (out / "prompt_api.json").write_text(json.dumps(prompt, indent=1))
+    t1 = time.time()
+    entry = srv.run(prompt, timeout=3600)
+    log(f"workflow ran in {time.time() - t1:.1f}s")
+    return save_outputs(srv, prompt, entry, out)
+
+
+def _use_cpu(forced: bool) -> bool:
+    try:
+        import torch
+        return forced or not torch.cuda.is_available()
+    except ImportError:
+        return True
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
     t0 = time.time()
     if not (host_server.COMFYUI_DIR / "main.py").is_file():
         log(f"no ComfyUI at {host_server.COMFYUI_DIR}: run scripts/setup_host.sh first (or set COMFYUI_DIR)")
@@ -156,59 +213,27 @@ def main(argv=None) -> int:
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="p3s_example_"))
-    host_server.make_layout(base)
-    tiny = not a.models
-    models = None
-    clip_name = None
-    if tiny:
-        log(f"NOTE: {TINY_NOTICE}")
-        write_tiny_models(base)
-        checkpoint, steps, size = TINY_CKPT, a.steps or 8, a.size or 256
-    else:
-        models = Path(a.models).expanduser().resolve()
-        checkpoint = a.checkpoint or DEFAULT_CKPT
-        if not (models / "checkpoints" / checkpoint).is_file():
-            log(f"checkpoint {checkpoint!r} not found in {models / 'checkpoints'}: put an SD1.5 checkpoint there "
-                "or name yours with --checkpoint NAME")
+    try:
+        host_server.make_layout(base)
+        m = choose_models(a, base)
+        if m is None:
             return 2
-        steps, size = a.steps, a.size
-        if a.clip_vision == "auto":
-            clip_name = next((n for n in CLIP_VISION_NAMES if (models / "clip_vision" / n).is_file()), None)
-        elif a.clip_vision != "none":
-            clip_name = a.clip_vision
-        log(f"real models from {models}: checkpoint {checkpoint}, "
-            f"CLIP vision {clip_name or '(none: built-in selection features)'}")
-    try:
-        import torch
-        cpu = a.cpu or not torch.cuda.is_available()
-    except ImportError:
-        cpu = True
-    log(f"starting ComfyUI ({host_server.COMFYUI_DIR}) on 127.0.0.1{' with --cpu' if cpu else ''}")
-    srv = host_server.Server(base, models=models, cpu=cpu, timeout=180)
-    try:
-        log(f"server up at {srv.url} after {time.time() - t0:.1f}s")
-        shutil.copy(REFERENCE, base / "input" / REFERENCE.name)
-        workflow = json.loads(Path(a.workflow).read_text())
-        prompt = ui_to_api.convert(workflow, srv.get("/object_info"))
-        prompt = map_prompt(prompt, checkpoint=checkpoint, latent=size, steps=steps, prefix="P3S/example")
-        if clip_name:
-            prompt = add_clip_vision(prompt, clip_name)
-        (out / "prompt_api.json").write_text(json.dumps(prompt, indent=1))
-        t1 = time.time()
-        entry = srv.run(prompt, timeout=3600)
-        log(f"workflow ran in {time.time() - t1:.1f}s")
-        files = save_outputs(srv, prompt, entry, out)
-    except host_server.ExecutionFailed as e:
-        log(f"the workflow failed: {e}\n(server log: {srv.log_path})")
-        return 1
+        cpu = _use_cpu(a.cpu)
+        log(f"starting ComfyUI ({host_server.COMFYUI_DIR}) on 127.0.0.1{' with --cpu' if cpu else ''}")
+        with host_server.Server(base, models=m.folder, cpu=cpu, timeout=180) as srv:
+            log(f"server up at {srv.url} after {time.time() - t0:.1f}s")
+            try:
+                files = run_workflow(srv, Path(a.workflow), m, out)
+            except host_server.ExecutionFailed as e:
+                log(f"the workflow failed: {e}\n(server log: {srv.log_path})")
+                return 1
     finally:
-        srv.stop()
         if not a.keep:
             shutil.rmtree(base, ignore_errors=True)
     for p in files:
         print(p)
     print(out / "prompt_api.json")
-    if tiny:
+    if m.folder is None:
         log(f"NOTE: {TINY_NOTICE}")
     log(f"done in {time.time() - t0:.1f}s; {len(files)} images in {out}")
     return 0

@@ -93,11 +93,8 @@ def widget_values(node: dict, defn: dict) -> dict:
     return out
 
 
-def convert(workflow: dict, object_info: dict, keep_unknown: bool = False) -> dict:
-    """UI workflow dict -> API prompt dict {id: {class_type, inputs, _meta}}."""
-    if workflow.get("definitions", {}).get("subgraphs"):
-        raise ConversionError("subgraphs are not supported by this converter: unpack them in the UI first")
-    nodes = {str(n["id"]): n for n in workflow.get("nodes", [])}
+def _links(workflow: dict) -> dict:
+    """link id -> (source node id, source slot, target node id, target slot, type), from either link format."""
     links = {}
     for link in workflow.get("links", []):
         if isinstance(link, dict):
@@ -106,29 +103,59 @@ def convert(workflow: dict, object_info: dict, keep_unknown: bool = False) -> di
         else:
             lid, src, slot, dst, dslot, typ = link[:6]
         links[lid] = (str(src), int(slot), str(dst), int(dslot), typ)
+    return links
 
-    def resolve(lid, seen=()):
-        """(source node id, output slot) of a link after Reroutes and bypassed nodes; None if muted/absent."""
-        if lid is None or lid not in links:
-            return None
-        src, slot, _, _, typ = links[lid]
-        n = nodes.get(src)
-        if n is None or lid in seen:
-            return None
-        if n["type"] == "Reroute":
-            ins = n.get("inputs") or [{}]
-            return resolve(ins[0].get("link"), seen + (lid,))
-        mode = n.get("mode", 0)
-        if mode == MUTED:
-            return None
-        if mode == BYPASSED:
-            out_type = (n.get("outputs") or [{}] * (slot + 1))[slot].get("type", typ)
-            for inp in n.get("inputs") or []:
-                if inp.get("link") is not None and inp.get("type") == out_type:
-                    return resolve(inp["link"], seen + (lid,))
-            return None
-        return src, slot
 
+def _resolve(lid, nodes: dict, links: dict, seen=()):
+    """(source node id, output slot) of a link after Reroutes and bypassed nodes; None if muted/absent."""
+    if lid is None or lid not in links:
+        return None
+    src, slot, _, _, typ = links[lid]
+    n = nodes.get(src)
+    if n is None or lid in seen:
+        return None
+    if n["type"] == "Reroute":
+        ins = n.get("inputs") or [{}]
+        return _resolve(ins[0].get("link"), nodes, links, seen + (lid,))
+    mode = n.get("mode", 0)
+    if mode == MUTED:
+        return None
+    if mode == BYPASSED:
+        out_type = (n.get("outputs") or [{}] * (slot + 1))[slot].get("type", typ)
+        for inp in n.get("inputs") or []:
+            if inp.get("link") is not None and inp.get("type") == out_type:
+                return _resolve(inp["link"], nodes, links, seen + (lid,))
+        return None
+    return src, slot
+
+
+def _node_inputs(n: dict, defn: dict, nodes: dict, links: dict) -> dict:
+    """The API inputs of one node: its widget values, then its links (PrimitiveNode values inlined)."""
+    inputs = dict(widget_values(n, defn))
+    for inp in n.get("inputs") or []:
+        name = inp.get("widget", {}).get("name") or inp.get("name")
+        if inp.get("link") is None:
+            continue
+        src = links.get(inp["link"])
+        if src is not None and nodes.get(src[0], {}).get("type") == "PrimitiveNode":
+            vals = nodes[src[0]].get("widgets_values") or []
+            if vals:
+                inputs[name] = vals[0]
+            continue
+        target = _resolve(inp["link"], nodes, links)
+        if target is None:
+            inputs.pop(name, None)
+            continue
+        inputs[name] = [target[0], target[1]]
+    return inputs
+
+
+def convert(workflow: dict, object_info: dict, keep_unknown: bool = False) -> dict:
+    """UI workflow dict -> API prompt dict {id: {class_type, inputs, _meta}}."""
+    if workflow.get("definitions", {}).get("subgraphs"):
+        raise ConversionError("subgraphs are not supported by this converter: unpack them in the UI first")
+    nodes = {str(n["id"]): n for n in workflow.get("nodes", [])}
+    links = _links(workflow)
     prompt = {}
     for nid, n in nodes.items():
         ctype = n["type"]
@@ -143,27 +170,8 @@ def convert(workflow: dict, object_info: dict, keep_unknown: bool = False) -> di
                 continue
             raise ConversionError(f"node {nid}: type {ctype!r} is not installed on this server "
                                   "(missing custom node pack?)")
-        inputs = dict(widget_values(n, defn))
-        for inp in n.get("inputs") or []:
-            name = inp.get("name")
-            if inp.get("widget", {}).get("name"):
-                name = inp["widget"]["name"]
-            if inp.get("link") is None:
-                continue
-            src = links.get(inp["link"])
-            if src is not None and nodes.get(src[0], {}).get("type") == "PrimitiveNode":
-                prim = nodes[src[0]]
-                vals = prim.get("widgets_values") or []
-                if vals:
-                    inputs[name] = vals[0]
-                continue
-            target = resolve(inp["link"])
-            if target is None:
-                inputs.pop(name, None)
-                continue
-            inputs[name] = [target[0], target[1]]
         meta = {"title": n.get("title") or defn.get("display_name") or ctype}
-        prompt[nid] = {"class_type": ctype, "inputs": inputs, "_meta": meta}
+        prompt[nid] = {"class_type": ctype, "inputs": _node_inputs(n, defn, nodes, links), "_meta": meta}
     # Drop links to nodes that were not emitted (muted, virtual), e.g. a link out of a muted loader.
     for entry in prompt.values():
         for k, v in list(entry["inputs"].items()):

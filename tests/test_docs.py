@@ -51,7 +51,7 @@ def error_signatures() -> list[tuple[str, str]]:
     first placeholder, or, when that is shorter than MIN_PREFIX, the message's longest constant piece."""
     found = {}
     for pkg in SOURCES:
-        for path in sorted((REPO / pkg).glob("*.py")):
+        for path in sorted((REPO / pkg).rglob("*.py")):
             tree = ast.parse(path.read_text())
             skip = _logging_strings(tree)
             for n in ast.walk(tree):
@@ -65,7 +65,7 @@ def error_signatures() -> list[tuple[str, str]]:
                     text = max((p.strip() for p in pieces[1:]), key=len, default="")
                     if len(text) < MIN_PIECE:
                         continue  # e.g. "P3S: " + message: a wrapper, not a message of its own
-                found.setdefault(text, f"{pkg}/{path.name}:{n.lineno}")
+                found.setdefault(text, f"{path.relative_to(REPO)}:{n.lineno}")
     return sorted((where, text) for text, where in found.items())
 
 

@@ -121,26 +121,9 @@ def _finish(adapter: P3SAdapter, history: list[dict], output: Path, step: int, c
     write_loss_curve(history, output.with_suffix(".loss.png"))
 
 
-def train(backend, dataset, config: TrainConfig, output: str | os.PathLike | None, *,
-          resume: str | os.PathLike | None = None, sample_fn: Callable[[P3SAdapter, int], Any] | None = None,
-          dist: DistContext | None = None, progress: bool = True, stop_at: int | None = None,
-          extra_metadata: dict | None = None) -> TrainResult:
-    """Train an adapter on ``dataset`` with ``backend``; write checkpoints, samples, the adapter and the curve.
-
-    ``stop_at``: stop after this step (for tests and interrupted runs: the final adapter is still written,
-    the step counter in checkpoints stays that of the run). Resume continues the same step counter,
-    history, optimizer and RNG state, so an interrupted and resumed run follows the uninterrupted one.
-    (One loop over the steps with its bookkeeping: kept in one piece so the order of RNG use, which
-    resume depends on, reads top to bottom.)
-    """
-    config.validate()
-    dist = dist or DistContext()
-    output = Path(output) if output is not None else None
-    writes = output is not None and dist.is_main
-    if writes:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    adapter = make_adapter(backend, config)
-    stepper = _Stepper(adapter, config, backend.device, dist)
+def _start(adapter: P3SAdapter, stepper: _Stepper, config: TrainConfig, dist: DistContext,
+           resume: str | os.PathLike | None) -> tuple[torch.Generator, int, list[dict]]:
+    """The data generator, the step and the history: fresh (seeded), or restored from ``resume``."""
     generator = torch.Generator().manual_seed(config.seed * 1000003 + dist.rank)
     torch.manual_seed(config.seed)
     step, history = 0, []
@@ -150,26 +133,58 @@ def train(backend, dataset, config: TrainConfig, output: str | os.PathLike | Non
             generator.manual_seed(config.seed * 1000003 + dist.rank + 7919 * step)
         log.info("P3S: resumed from %s at step %d", resume, step)
     dist.broadcast_params(adapter)
+    return generator, step, history
+
+
+def _train_step(backend, adapter: P3SAdapter, stepper: _Stepper, dataset, config: TrainConfig,
+                generator: torch.Generator, step: int) -> dict[str, float]:
+    """Draw a batch, forward, L = L_diffusion + lambda * ACL, optimizer step; the loss parts (mean over ranks)."""
+    out = backend.forward(adapter, draw_batch(backend, dataset, config, generator), generator,
+                          record_acl=config.acl_weight > 0)
+    loss, parts = compute_loss(out, config.acl_weight)
+    if not math.isfinite(parts["loss"]):
+        raise ValueError(f"P3S: training diverged at step {step + 1} (loss {parts['loss']}): lower --lr, "
+                         "or use --precision bf16/fp32 instead of fp16")
+    stepper.step(loss)
+    return stepper.dist.mean(parts, backend.device)
+
+
+def _progress_bar(enabled: bool, total: int, initial: int):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, desc="P3S train", dynamic_ncols=True)
+
+
+def train(backend, dataset, config: TrainConfig, output: str | os.PathLike | None, *,
+          resume: str | os.PathLike | None = None, sample_fn: Callable[[P3SAdapter, int], Any] | None = None,
+          dist: DistContext | None = None, progress: bool = True, stop_at: int | None = None,
+          extra_metadata: dict | None = None) -> TrainResult:
+    """Train an adapter on ``dataset`` with ``backend``; write checkpoints, samples, the adapter and the curve.
+
+    ``stop_at``: stop after this step (for tests and interrupted runs: the final adapter is still written,
+    the step counter in checkpoints stays that of the run). Resume continues the same step counter,
+    history, optimizer and RNG state, so an interrupted and resumed run follows the uninterrupted one.
+    """
+    config.validate()
+    dist = dist or DistContext()
+    output = Path(output) if output is not None else None
+    writes = output is not None and dist.is_main
+    if writes:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    adapter = make_adapter(backend, config)
+    stepper = _Stepper(adapter, config, backend.device, dist)
+    generator, step, history = _start(adapter, stepper, config, dist, resume)
     last = min(config.steps, stop_at) if stop_at is not None else config.steps
     checkpoints: list[Path] = []
-    bar = None
-    if progress and dist.is_main:
-        from tqdm import tqdm
-        bar = tqdm(total=config.steps, initial=step, desc="P3S train", dynamic_ncols=True)
+    bar = _progress_bar(progress and dist.is_main, config.steps, step)
     t0, timed, first = time.perf_counter(), 0, step
     adapter.train()
     while step < last:
         if step == first + 1:
             t0, timed = time.perf_counter(), 0  # time from the 2nd step on (the first warms caches up)
-        out = backend.forward(adapter, draw_batch(backend, dataset, config, generator), generator,
-                              record_acl=config.acl_weight > 0)
-        loss, parts = compute_loss(out, config.acl_weight)
-        if not math.isfinite(parts["loss"]):
-            raise ValueError(f"P3S: training diverged at step {step + 1} (loss {parts['loss']}): lower --lr, "
-                             "or use --precision bf16/fp32 instead of fp16")
-        stepper.step(loss)
+        parts = _train_step(backend, adapter, stepper, dataset, config, generator, step)
         step, timed = step + 1, timed + 1
-        parts = dist.mean(parts, backend.device)
         history.append({"step": step, **parts})
         if bar is not None:
             bar.update(1)
