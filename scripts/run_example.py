@@ -6,7 +6,7 @@
 What it does, in order:
 1. starts a real ComfyUI server on a free 127.0.0.1 port with ``p3s_host.server.Server`` (the pack and the
    tiny-model registrar symlinked into a temporary base directory's custom_nodes,
-   ``main.py --listen 127.0.0.1 --port N ...``), the same helper the tests' server fixture uses;
+   ``main.py --listen 127.0.0.1 --port N ...``), the same helper the test suite's server fixture uses;
 2. copies the shipped reference ``assets/two_dogs.png`` into the server's input folder;
 3. converts ``example_workflows/p3s_two_dogs_sd15.json`` (UI format) to an API prompt with the server's
    ``/object_info`` (scripts/ui_to_api.py) and maps its model file names;

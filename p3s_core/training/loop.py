@@ -162,7 +162,7 @@ def train(backend, dataset, config: TrainConfig, output: str | os.PathLike | Non
           extra_metadata: dict | None = None) -> TrainResult:
     """Train an adapter on ``dataset`` with ``backend``; write checkpoints, samples, the adapter and the curve.
 
-    ``stop_at``: stop after this step (for tests and interrupted runs: the final adapter is still written,
+    ``stop_at``: stop after this step (for short and interrupted runs: the final adapter is still written,
     the step counter in checkpoints stays that of the run). Resume continues the same step counter,
     history, optimizer and RNG state, so an interrupted and resumed run follows the uninterrupted one.
     """
