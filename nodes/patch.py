@@ -54,10 +54,12 @@ class P3SRun:
         self.rows: torch.Tensor | None = None
 
     def reference_noise(self, like: torch.Tensor) -> torch.Tensor:
+        """The reference latent's noise for this sampling (drawn on the CPU from the seed: reproducible)."""
         if self.noise is None or self.noise.shape != like.shape:
             g = torch.Generator().manual_seed(self.seed + 0x5033)
             self.noise = torch.randn(like.shape, generator=g)
-        return self.noise.to(like.device, like.dtype)
+        self.noise = self.noise.to(like.device, like.dtype)  # moved once, not at every model call
+        return self.noise
 
     def keep_for(self, mask: torch.Tensor, grid: tuple[int, int], device) -> torch.Tensor:
         k = (grid, str(device))
