@@ -28,6 +28,9 @@ from .adapter_spec import (CLIP_WIDTH_NAMES, FAMILIES, FORMAT_NAME, FORMAT_VERSI
 
 log = logging.getLogger("P3S")
 
+MAX_HEADER_BYTES = 1024 * 1024  # an SDXL adapter's safetensors header is ~20 KB
+FLOAT_DTYPES = ("F32", "F16", "BF16")  # safetensors dtype names the loader accepts
+
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "FAMILIES", "CLIP_WIDTH_NAMES", "RESERVED_METADATA", "AdapterSpec",
            "LowRankDelta", "SubjectResampler", "P3SAdapter", "save_adapter", "read_adapter_header", "load_adapter",
            "check_compatible", "adapter_state_dict", "load_adapter_state_dict", "expected_tensor_shapes"]
@@ -180,19 +183,27 @@ def adapter_state_dict(adapter: P3SAdapter, dtype: torch.dtype | None = None) ->
             for k, v in adapter.state_dict().items()}
 
 
+def _disagreement(want: Mapping[str, tuple[int, ...]], have: Mapping[str, tuple[int, ...]],
+                  source: str) -> ValueError | None:
+    """The error for tensor names/shapes that differ from what the metadata describes (None: they agree)."""
+    if dict(want) == dict(have):
+        return None
+    missing = sorted(set(want) - set(have))[:4]
+    extra = sorted(set(have) - set(want))[:4]
+    shapes = [f"{k}: {have[k]} vs expected {want[k]}" for k in sorted(set(want) & set(have))
+              if want[k] != have[k]][:4]
+    return ValueError(
+        f"P3S: {source} tensors disagree with its P3S metadata (missing {missing}, unexpected "
+        f"{extra}, shapes {shapes}): the file is corrupt or was edited; re-download or re-train it")
+
+
 def load_adapter_state_dict(adapter: P3SAdapter, tensors: Mapping[str, torch.Tensor],
                             source: str = "checkpoint") -> None:
     """Copy ``tensors`` into ``adapter`` after checking names and shapes (nothing copied on error)."""
     want = {k: tuple(v.shape) for k, v in adapter.state_dict().items()}
-    have = {k: tuple(v.shape) for k, v in tensors.items()}
-    if want != have:
-        missing = sorted(set(want) - set(have))[:4]
-        extra = sorted(set(have) - set(want))[:4]
-        shapes = [f"{k}: {have[k]} vs expected {want[k]}" for k in sorted(set(want) & set(have))
-                  if want[k] != have[k]][:4]
-        raise ValueError(
-            f"P3S: {source} tensors disagree with its P3S metadata (missing {missing}, unexpected "
-            f"{extra}, shapes {shapes}): the file is corrupt or was edited; re-download or re-train it")
+    error = _disagreement(want, {k: tuple(v.shape) for k, v in tensors.items()}, source)
+    if error is not None:
+        raise error
     adapter.load_state_dict(dict(tensors), strict=True)
 
 
@@ -230,6 +241,18 @@ def _corrupt(path: Path, exc: BaseException) -> ValueError:
                       "the file is truncated or corrupt; re-download or re-train it")
 
 
+def _check_header_size(path: Path) -> None:
+    """Refuse a safetensors header larger than any adapter needs before the library reads it into memory."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    size = int.from_bytes(head, "little") if len(head) == 8 else -1
+    if not 0 < size <= MAX_HEADER_BYTES:
+        found = "no header" if size < 0 else f"a header of {size:,} bytes"
+        raise ValueError(f"P3S: adapter {path.name!r} has {found} (a P3S adapter's is under "
+                         f"{MAX_HEADER_BYTES:,}): the file is truncated or corrupt (or crafted); re-download or "
+                         "re-train it")
+
+
 def read_adapter_header(path: str | os.PathLike) -> AdapterSpec:
     """Read and check only the metadata of an adapter file (no tensors are loaded)."""
     from safetensors import safe_open
@@ -238,6 +261,7 @@ def read_adapter_header(path: str | os.PathLike) -> AdapterSpec:
     _check_extension(path)
     if not path.is_file():
         raise FileNotFoundError(f"P3S: adapter file not found: {path}")
+    _check_header_size(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata()
@@ -246,29 +270,48 @@ def read_adapter_header(path: str | os.PathLike) -> AdapterSpec:
     return AdapterSpec.from_metadata(meta, repr(path.name))
 
 
+def _read_tensors(path: Path, spec: AdapterSpec) -> dict[str, torch.Tensor]:
+    """The file's tensors, read only after their names, shapes and dtypes match what ``spec`` describes."""
+    from safetensors import safe_open
+
+    want = expected_tensor_shapes(spec)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            slices = {k: f.get_slice(k) for k in f.keys()}
+            have = {k: tuple(s.get_shape()) for k, s in slices.items()}
+            error = _disagreement(want, have, f"adapter {path.name!r}")
+            if error is None:
+                dtypes = {k: s.get_dtype() for k, s in slices.items()}
+                odd = sorted(k for k, d in dtypes.items() if d not in FLOAT_DTYPES)
+                if odd:
+                    error = ValueError(f"P3S: adapter {path.name!r} tensor {odd[0]!r} has dtype {dtypes[odd[0]]}, "
+                                       f"expected one of {', '.join(FLOAT_DTYPES)}: the file is corrupt or was "
+                                       "edited; re-download or re-train it")
+            tensors = {k: f.get_tensor(k) for k in want} if error is None else {}
+    except Exception as exc:
+        raise _corrupt(path, exc) from None
+    if error is not None:
+        raise error
+    return tensors
+
+
 def load_adapter(path: str | os.PathLike, *, family: str | None = None,
                  layers: Sequence[tuple[str, int]] | None = None, ctx_dim: int | None = None,
                  clip_width: int | None = None, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32) -> P3SAdapter:
-    """Load a checked adapter; any given MODEL/CLIP_VISION facts are checked before tensors load."""
-    from safetensors import safe_open
+    """Load a checked adapter; any given MODEL/CLIP_VISION facts are checked before tensors load.
 
+    Untrusted files are checked in order before anything is allocated: the header's size, every header
+    value against ``LIMITS`` and ``MAX_PARAMETERS``, the MODEL / CLIP_VISION facts, then every tensor's
+    name, shape and dtype against the header; only then are the tensors read and the module built.
+    """
     path = Path(path)
     spec = read_adapter_header(path)
     check_compatible(spec, path.name, family=family, layers=layers, ctx_dim=ctx_dim,
                      clip_width=clip_width)
-    want = expected_tensor_shapes(spec)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            have = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-            if have != want:
-                tensors = {k: torch.empty(s, device="meta") for k, s in have.items()}
-            else:
-                tensors = {k: f.get_tensor(k) for k in want}
-    except Exception as exc:
-        raise _corrupt(path, exc) from None
+    tensors = _read_tensors(path, spec)
     for name, t in tensors.items():
-        if t.is_floating_point() and t.device.type != "meta" and not torch.isfinite(t).all():
+        if not torch.isfinite(t).all():
             raise ValueError(f"P3S: adapter {path.name!r} tensor {name!r} holds NaN/inf: the file "
                              "is corrupt or training diverged; re-download or re-train it")
     adapter = P3SAdapter(spec)

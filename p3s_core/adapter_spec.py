@@ -19,9 +19,25 @@ FAMILIES = {"sd15": "SD1.5", "sdxl": "SDXL"}
 CLIP_WIDTH_NAMES = {768: "ViT-B", 1024: "ViT-L", 1280: "ViT-H", 1664: "ViT-bigG"}
 RESERVED_METADATA = ("format", "format_version", "family", "rank", "alpha", "clip_width",
                      "ctx_dim", "num_queries", "layers")
+# Upper bounds on what a file header may declare (ours). A shared workflow's adapter is untrusted input:
+# the loader checks the header against these, and the tensor shapes against the header, before it
+# allocates anything. Each bound is several times what SD1.5 / SDXL adapters use (SDXL: 70 layers of
+# width <= 1280, ctx_dim 2048, CLIP bigG 1664, 77 queries, rank <= 128).
+LIMITS = {"rank": 1024, "clip_width": 4096, "ctx_dim": 4096, "num_queries": 1024, "layers": 512,
+          "layer_width": 8192, "layer_key": 64}
+MAX_PARAMETERS = 256 * 2 ** 20   # the whole adapter: 1 GiB in fp32
+MAX_METADATA_VALUE = 64 * 1024   # characters of one metadata value (the layer list of SDXL is ~2 KB)
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "FAMILIES", "CLIP_WIDTH_NAMES", "RESERVED_METADATA", "AdapterSpec",
-           "check_compatible", "family_name", "width_name"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "FAMILIES", "CLIP_WIDTH_NAMES", "RESERVED_METADATA", "LIMITS",
+           "MAX_PARAMETERS", "MAX_METADATA_VALUE", "AdapterSpec", "check_compatible", "family_name", "width_name"]
+
+
+def _number(meta: Mapping[str, str], key: str, kind: type) -> int | float:
+    """One numeric header value; a value longer than any real number is refused before it is converted."""
+    text = str(meta[key]).strip()
+    if len(text) > 32:
+        raise ValueError(f"{key} is {len(text)} characters long, not a number")
+    return kind(text)
 
 
 def family_name(family: str) -> str:
@@ -57,20 +73,40 @@ class AdapterSpec:
         for name in ("rank", "clip_width", "ctx_dim", "num_queries"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"P3S: {source}: {name} must be > 0, found {getattr(self, name)}")
+            if int(getattr(self, name)) > LIMITS[name]:
+                raise ValueError(f"P3S: {source}: {name}={getattr(self, name)} is above the limit of "
+                                 f"{LIMITS[name]} for a P3S adapter")
         if not math.isfinite(float(self.alpha)):
             raise ValueError(f"P3S: {source}: alpha must be finite, found {self.alpha}")
+        if len(self.layers) > LIMITS["layers"]:
+            raise ValueError(f"P3S: {source}: {len(self.layers)} layers is above the limit of {LIMITS['layers']} "
+                             "for a P3S adapter")
         keys = [k for k, _ in self.layers]
         if len(set(keys)) != len(keys):
-            raise ValueError(f"P3S: {source}: duplicate layer keys in {keys}")
+            raise ValueError(f"P3S: {source}: duplicate layer keys in {keys[:8]}")
         for key, dim in self.layers:
             parts = key.split(".")
-            if not all(p.isidentifier() or p.isdigit() for p in parts) or dim <= 0:
-                raise ValueError(f"P3S: {source}: bad layer ({key!r}, {dim}); expected keys like "
-                                 "'input.1.0' and a positive width")
-            # A key that is the prefix of another would need one module to be both a leaf and a
-            # container in the nested tensor naming.
-            if any(other.startswith(key + ".") for other in keys):
+            if (len(key) > LIMITS["layer_key"] or not all(p.isidentifier() or p.isdigit() for p in parts)
+                    or not 0 < dim <= LIMITS["layer_width"]):
+                raise ValueError(f"P3S: {source}: bad layer ({key[:80]!r}, {dim}); expected keys like "
+                                 f"'input.1.0' and a width in 1..{LIMITS['layer_width']}")
+        # A key that is the prefix of another would need one module to be both a leaf and a container in
+        # the nested tensor naming (sorted: a prefix sorts right before the keys it prefixes).
+        ordered = sorted(keys)
+        for key, following in zip(ordered, ordered[1:]):
+            if following.startswith(key + "."):
                 raise ValueError(f"P3S: {source}: layer key {key!r} is a prefix of another key")
+        if self.parameter_count() > MAX_PARAMETERS:
+            raise ValueError(f"P3S: {source}: the header describes {self.parameter_count():,} parameters, above "
+                             f"the limit of {MAX_PARAMETERS:,} for a P3S adapter")
+
+    def parameter_count(self) -> int:
+        """Parameters of an adapter with this spec, from the numbers alone (nothing is built)."""
+        c, d, q = int(self.clip_width), int(self.ctx_dim), int(self.num_queries)
+        deltas = sum(2 * dim * int(self.rank) for _, dim in self.layers)
+        # queries, in_norm, in_proj, q_norm, to_q/k/v, to_out, out_norm, out_proj (p3s_core/adapter.py)
+        resampler = q * d + 2 * c + (c * d + d) + 2 * d + 3 * d * d + (d * d + d) + 2 * d + (d * d + d)
+        return deltas + resampler + 1  # + the gate
 
     def to_metadata(self) -> dict[str, str]:
         """The safetensors metadata (all strings) that describes this spec."""
@@ -96,16 +132,21 @@ class AdapterSpec:
             raise ValueError(
                 f"P3S: {source} has adapter format_version {version!r}, this P3S supports "
                 f"{FORMAT_VERSION!r}: update the P3S node pack, or re-save the adapter with this one.")
+        too_long = sorted(k for k in RESERVED_METADATA if len(str(meta.get(k, ""))) > MAX_METADATA_VALUE)
+        if too_long:
+            raise ValueError(f"P3S: {source} has unreadable P3S metadata ({too_long} longer than "
+                             f"{MAX_METADATA_VALUE} characters): the file is corrupt, re-download or re-train it")
         try:
-            spec = cls(family=meta["family"], rank=int(meta["rank"]), alpha=float(meta["alpha"]),
-                       clip_width=int(meta["clip_width"]), ctx_dim=int(meta["ctx_dim"]),
+            spec = cls(family=meta["family"], rank=_number(meta, "rank", int), alpha=_number(meta, "alpha", float),
+                       clip_width=_number(meta, "clip_width", int), ctx_dim=_number(meta, "ctx_dim", int),
                        layers=[(k, d) for k, d in json.loads(meta["layers"])],
-                       num_queries=int(meta.get("num_queries", "77")), version=int(version))
-        except ValueError as exc:
+                       num_queries=_number({"num_queries": "77", **meta}, "num_queries", int), version=int(version))
+        except (ValueError, OverflowError, RecursionError) as exc:
             if str(exc).startswith("P3S:"):
                 raise ValueError(f"{exc} (in {source}; the file is corrupt, re-download or "
                                  "re-train it)") from None
-            raise ValueError(f"P3S: {source} has unreadable P3S metadata ({exc}): the file is "
+            detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+            raise ValueError(f"P3S: {source} has unreadable P3S metadata ({detail}): the file is "
                              "corrupt, re-download or re-train it") from None
         except (KeyError, TypeError) as exc:
             raise ValueError(f"P3S: {source} has incomplete P3S metadata (missing or bad {exc}): "

@@ -252,3 +252,53 @@ def test_spec_validation():
     assert AdapterSpec.from_metadata(spec.to_metadata()) == spec
     assert json.loads(spec.to_metadata()["layers"]) == [list(x) for x in LAYERS]
     assert os.fspath(ad.FORMAT_NAME) == "p3s-adapter"
+
+
+def _crafted(tmp_path: Path, saved: Path, name: str, **changes) -> Path:
+    """``saved``'s tensors with header values replaced (what a hostile re-save of a real adapter looks like)."""
+    meta = {**_nudged().spec.to_metadata(), **{k: str(v) for k, v in changes.items()}}
+    path = tmp_path / f"{name}.safetensors"
+    save_file(load_file(str(saved)), str(path), metadata=meta)
+    return path
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"num_queries": 50_000_000}, r"num_queries=50000000 is above the limit of 1024"),
+    ({"rank": 1_000_000}, r"rank=1000000 is above the limit of 1024"),
+    ({"ctx_dim": 10 ** 6}, r"ctx_dim=1000000 is above the limit"),
+    ({"clip_width": 10 ** 6}, r"clip_width=1000000 is above the limit"),
+    ({"layers": json.dumps([["input.1.0", 10 ** 9]])}, r"bad layer \('input.1.0', 1000000000\)"),
+    ({"layers": json.dumps([[f"i.{i}", 8] for i in range(600)])}, r"600 layers is above the limit of 512"),
+    ({"layers": "[[\"input.1.0\", 1e999]]"}, r"unreadable P3S metadata"),
+    ({"layers": "[" * 20_000 + "]" * 20_000}, r"unreadable P3S metadata \(nested too deeply\)"),
+    ({"layers": "[" * 100_000}, r"longer than 65536 characters"),
+    ({"rank": "9" * 5000}, r"unreadable P3S metadata \(rank is 5000 characters long"),
+    ({"rank": 1024, "num_queries": 1024, "ctx_dim": 4096, "clip_width": 4096,
+      "layers": json.dumps([[f"input.{i}.0", 8192] for i in range(512)])}, r"parameters, above the limit"),
+    ({"num_queries": 1000}, r"disagree with its P3S metadata .*proj.queries: \(77, 40\) vs expected \(1000, 40\)"),
+])
+def test_crafted_header_values_are_refused_before_anything_is_built(tmp_path: Path, saved: Path, monkeypatch,
+                                                                     changes, match):
+    path = _crafted(tmp_path, saved, "crafted", **changes)
+    built = []
+    real_init = ad.P3SAdapter.__init__
+
+    def spy(self, spec):  # modules built off the meta device are allocations
+        built.append(torch.empty(0).device.type)
+        real_init(self, spec)
+    monkeypatch.setattr(ad.P3SAdapter, "__init__", spy)
+    msg = _refused(path, match)
+    assert "crafted.safetensors" in msg
+    assert all(device == "meta" for device in built), built
+
+
+def test_header_size_and_tensor_dtypes_are_checked(tmp_path: Path, saved: Path):
+    data = saved.read_bytes()
+    huge = tmp_path / "huge_header.safetensors"
+    huge.write_bytes((50 * 2 ** 20).to_bytes(8, "little") + data[8:])
+    assert "a header of 52,428,800 bytes" in _refused(huge, "truncated or corrupt")
+    tensors = load_file(str(saved))
+    tensors["gate"] = torch.tensor(1, dtype=torch.int64)
+    odd = tmp_path / "int_gate.safetensors"
+    save_file(tensors, str(odd), metadata=_nudged().spec.to_metadata())
+    _refused(odd, r"tensor 'gate' has dtype I64, expected one of F32, F16, BF16")
