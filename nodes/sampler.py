@@ -50,7 +50,7 @@ class P3SSampler(io.ComfyNode):
             raise ValueError("P3S: model: this MODEL has no P3S patch, so the schedule would do nothing. "
                              "Connect the MODEL output of P3S Apply (or use the stock KSampler)")
         # The curve; each P3S patch lays it over its own weight and window (WeightSchedule.shaped_by).
-        shape = WeightSchedule(schedule, weight_low, weight_high)
+        shape = WeightSchedule.curve(schedule, weight_low, weight_high)
         m = model.clone()
         m.model_options.setdefault("transformer_options", {})[SHAPE_KEY] = shape
         # ComfyUI's own KSampler path: same noise, progress bar, previews and interrupt handling.

@@ -27,6 +27,15 @@ def _bad(name: str, value, fix: str) -> ValueError:
     return ValueError(f"P3S: {name}={value!r} is invalid: {fix}")
 
 
+def _check_inputs(values: dict[str, Any]) -> None:
+    """Check node inputs under the names the user sees (a NaN weight is 'weight=nan', not a field's name)."""
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise _bad(name, v, "give a finite number")
+        if name.startswith("weight") and v < 0:
+            raise _bad(name, v, "weights must be >= 0 (0 = no injection)")
+
+
 @dataclass(frozen=True)
 class WeightSchedule:
     """Weight as a function of sampling progress.
@@ -62,7 +71,14 @@ class WeightSchedule:
     @classmethod
     def constant(cls, weight: float, start_percent: float = 0.0, end_percent: float = 1.0) -> "WeightSchedule":
         """P3S Apply's schedule: ``weight`` throughout the window (what the stock KSampler gets)."""
+        _check_inputs({"weight": weight, "start_percent": start_percent, "end_percent": end_percent})
         return cls("constant", weight, weight, start_percent, end_percent)
+
+    @classmethod
+    def curve(cls, preset: str, weight_low: float, weight_high: float) -> "WeightSchedule":
+        """P3S Sampler's shape (laid over P3S Apply's weight by ``shaped_by``), checked under its input names."""
+        _check_inputs({"weight_low": weight_low, "weight_high": weight_high})
+        return cls(preset, weight_low, weight_high)
 
     def active(self, progress: float) -> bool:
         """Inside the window; a zero-length window (start == end) never opens."""

@@ -53,3 +53,17 @@ def test_bad_values_are_refused(kwargs, match):
 
 def test_every_preset_is_covered():
     assert set(PRESETS) == {"constant", "ramp_up", "ramp_down", "cosine", "step"}
+
+
+@pytest.mark.parametrize("build,match", [
+    (lambda: WeightSchedule.constant(float("nan")), r"^P3S: weight=nan is invalid: give a finite number"),
+    (lambda: WeightSchedule.constant(-1.0), r"^P3S: weight=-1.0 is invalid: weights must be >= 0"),
+    (lambda: WeightSchedule.constant(1.0, float("nan"), 1.0), r"^P3S: start_percent=nan is invalid"),
+    (lambda: WeightSchedule.constant(1.0, 0.0, "1"), r"^P3S: end_percent='1' is invalid"),
+    (lambda: WeightSchedule.curve("ramp_up", 0.2, float("nan")), r"^P3S: weight_high=nan is invalid"),
+    (lambda: WeightSchedule.curve("ramp_up", float("inf"), 1.0), r"^P3S: weight_low=inf is invalid"),
+])
+def test_node_inputs_are_named_as_the_user_sees_them(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+    assert WeightSchedule.curve("ramp_up", 0.2, 1.0) == WeightSchedule("ramp_up", 0.2, 1.0)
