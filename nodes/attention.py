@@ -6,6 +6,12 @@ records where they sit, with their log(weight) bias, as an ``AppendedSegment`` i
 attention override, installed per model call in front of any override already there, takes the
 segments of its block and runs the biased attention; every other attention call goes on to the previous
 override or to ComfyUI's own function. Nothing here is global: two samplings never share segments.
+
+A block whose self-attention another pack *replaces* (an attn1 replace: Self-Attention Guidance,
+Perturbed-Attention Guidance) never reaches the override; for the read pass its replace is wrapped so it
+sees only the image's own tokens (the appended ones are invisible to it, as SAG's attention map and
+PAG's ``return v`` need) and the appended tokens are merged into its output afterwards
+(``p3s_core.split_attention``).
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..p3s_core import injection
+from ..p3s_core.split_attention import merge_appended
 
 SEGMENTS_KEY = "p3s_segments"  # transformer_options: the AppendedSegments of the current model call
 
@@ -28,9 +35,11 @@ class AppendedSegment:
     bias: torch.Tensor
 
     def belongs_to(self, key: str, q: torch.Tensor, k: torch.Tensor) -> bool:
-        """The attention call (``q``, ``k``) is the self-attention these tokens were appended to."""
-        return (self.key == key and self.queries == q.shape[1] and self.bias.shape[0] == q.shape[0]
-                and self.offset + self.bias.shape[1] <= k.shape[1])
+        """The attention call (``q``, ``k``) is the self-attention these tokens were appended to.
+
+        The query count is not compared: a patch after P3S may merge the queries (ToMe) and not the keys.
+        """
+        return self.key == key and self.bias.shape[0] == q.shape[0] and self.offset + self.bias.shape[1] <= k.shape[1]
 
 
 class AppendedSegments:
@@ -93,11 +102,36 @@ def attention_override(previous):
     return override
 
 
+def own_tokens_only(replace):
+    """Another pack's attn1 replace, called with the image's own keys only; P3S's appended keys are merged
+    into its output with their bias (exactly P3S's read when the replace computes plain attention)."""
+    if getattr(replace, "p3s", False):
+        return replace
+
+    def wrapped(q, k, v, extra_options, *args, **kwargs):
+        segments = extra_options.get(SEGMENTS_KEY)
+        key = _layer_key(extra_options)
+        mine = segments.take(key, q, k) if segments is not None and len(segments) and key else []
+        if not mine:
+            return replace(q, k, v, extra_options, *args, **kwargs)
+        own = min(s.offset for s in mine)
+        out_own = replace(q, k[:, :own], v[:, :own], extra_options, *args, **kwargs)
+        # keys appended after P3S's by other packs count as plain keys (bias 0), as in the override
+        bias = torch.zeros(q.shape[0], k.shape[1] - own, dtype=torch.float32, device=mine[0].bias.device)
+        for s in mine:
+            bias[:, s.offset - own: s.offset - own + s.bias.shape[1]] = s.bias.float()
+        return merge_appended(q, k[:, :own], out_own, k[:, own:], v[:, own:], extra_options["n_heads"], bias)
+    wrapped.p3s = True
+    wrapped.wraps = replace
+    return wrapped
+
+
 def begin_read(transformer_options: dict) -> bool:
-    """Make ``transformer_options`` (a per-call copy) read appended tokens: segments + the override.
+    """Make ``transformer_options`` (a per-call copy) read appended tokens: segments, the override, and other
+    packs' attn1 replaces wrapped by ``own_tokens_only``.
 
     Returns True when this call created the segments (the caller clears them when the call ends);
-    nested P3S patches share the outermost one's segments and override.
+    nested P3S patches share the outermost one's segments, override and wrapped replaces.
     """
     created = SEGMENTS_KEY not in transformer_options
     if created:
@@ -105,4 +139,8 @@ def begin_read(transformer_options: dict) -> bool:
     previous = transformer_options.get("optimized_attention_override")
     if not getattr(previous, "p3s", False):
         transformer_options["optimized_attention_override"] = attention_override(previous)
+    replaces = transformer_options.get("patches_replace") or {}
+    if replaces.get("attn1"):  # a new dict: the MODEL's own options are never modified
+        attn1 = {block: own_tokens_only(f) for block, f in replaces["attn1"].items()}
+        transformer_options["patches_replace"] = {**replaces, "attn1": attn1}
     return created

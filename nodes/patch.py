@@ -228,19 +228,21 @@ class P3SPatch:
         run = extra_options[RUNS_KEY][self.id]
         key = injection.layer_key(extra_options["block"], extra_options.get("block_index", 0))
         if which == "write":
-            return self._write(run, key, n, context, value, extra_options["original_shape"])
+            return self._write(run, key, n, context, value, extra_options)
         return self._read(run, key, n, context, value, extra_options.get(SEGMENTS_KEY))
 
-    def _write(self, run: P3SRun, key: str, n, context, value, shape):
+    def _write(self, run: P3SRun, key: str, n, context, value, extra_options):
         """Reference pass: bank this block's subject tokens (after the adapter's delta, if any)."""
         adapter = self._adapter_for(n)
         if adapter is not None and adapter.has_layer(key):
-            same = context is n
+            context_is_n, value_is_context = context is n, value is context
             n = adapter.apply_delta(key, n)
-            if same:
-                context = value = n
-        grid = injection.layer_grid(n.shape[1], shape[-2], shape[-1])
-        tokens, valid = injection.gather_tokens(n, run.keep_for(self.mask, grid, n.device))
+            context = n if context_is_n else adapter.apply_delta(key, context)
+            value = context if value_is_context else adapter.apply_delta(key, value)
+        own = _own_tokens(n, context, extra_options)
+        shape = extra_options["original_shape"]
+        grid = injection.layer_grid(own.shape[1], shape[-2], shape[-1])
+        tokens, valid = injection.gather_tokens(own, run.keep_for(self.mask, grid, own.device))
         run.bank.write(key, tokens, valid)
         return n, context, value
 
@@ -254,6 +256,16 @@ class P3SPatch:
         segments.add(AppendedSegment(key, context.shape[1], n.shape[1], bias))
         rows = run.rows.to(n.device)
         return n, injection.append_tokens(context, tokens, rows), injection.append_tokens(value, tokens, rows)
+
+
+def _own_tokens(n: torch.Tensor, context: torch.Tensor, extra_options: dict) -> torch.Tensor:
+    """The block's image tokens [B, h*w, C]: ``n``, or the keys' source when a patch before P3S merged the
+    queries (ToMe merges ``n`` only; the keys keep every token, first, in their original order)."""
+    activations = extra_options.get("activations_shape")  # [B, C, h, w] of this block (SpatialTransformer)
+    tokens = activations[-2] * activations[-1] if activations and len(activations) == 4 else n.shape[1]
+    if n.shape[1] != tokens and context is not None and context.shape[1] >= tokens:
+        return context[:, :tokens]
+    return n
 
 
 def find_patches(model) -> list[P3SPatch]:
