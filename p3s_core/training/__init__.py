@@ -22,12 +22,12 @@ from .checkpoints import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, sa
 from .config import PRECISIONS, TRAIN_FILLS, TrainConfig, config_fields
 from .dataset import IMAGE_EXTS, SubjectDataset, SubjectView, TrainSample
 from .distributed import DistContext
-from .loop import (Backend, ForwardOutput, TrainResult, compute_loss, draw_batch, evaluate, make_adapter,
-                   train)
+from .loop import (Backend, ForwardOutput, TrainingInterrupted, TrainResult, compute_loss, draw_batch, evaluate,
+                   make_adapter, train)
 from .loss_curve import write_loss_curve
 
 __all__ = ["IMAGE_EXTS", "TrainSample", "SubjectView", "SubjectDataset", "interior_points", "Reference",
            "prepare_reference", "Batch", "make_batch", "draw_batch", "ForwardOutput", "Backend", "compute_loss",
-           "TrainConfig", "PRECISIONS", "TRAIN_FILLS", "config_fields", "TrainResult", "DistContext",
+           "TrainConfig", "PRECISIONS", "TRAIN_FILLS", "config_fields", "TrainResult", "TrainingInterrupted", "DistContext",
            "make_adapter", "save_checkpoint", "load_checkpoint", "checkpoint_path", "write_loss_curve", "train",
            "evaluate", "CHECKPOINT_FORMAT"]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -48,8 +50,17 @@ def _read(path: Path) -> dict:
         raise ValueError(f"P3S: --resume: checkpoint {path} not found")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # PyTorch's text suggests weights_only=False, which runs the file's code: never for an untrusted file.
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        raise ValueError(f"P3S: --resume: {path.name} holds Python objects, not only tensors and numbers"
+                         f"{f' (it refers to {found.group(1)})' if found else ''}: it is not a P3S training "
+                         "checkpoint, and P3S never runs code from a file. Resume from a NAME.stepNNNNNN.pt "
+                         "written by P3S training") from None
     except Exception as exc:
-        raise ValueError(f"P3S: --resume: {path.name} could not be read ({type(exc).__name__}: {exc}): it is not "
+        first = (str(exc).splitlines() or [""])[0][:200]
+        detail = "" if "weights_only" in first else f": {first}"
+        raise ValueError(f"P3S: --resume: {path.name} could not be read ({type(exc).__name__}{detail}): it is not "
                          "a P3S training checkpoint or it is truncated") from None
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"P3S: --resume: {path.name} is not a P3S training checkpoint (to start from a finished "

@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,9 +138,46 @@ def _start(adapter: P3SAdapter, stepper: _Stepper, config: TrainConfig, dist: Di
     return generator, step, history
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT / SIGTERM after a whole step; ``checkpoint`` holds everything up to ``step``."""
+
+    def __init__(self, step: int, checkpoint: Path | None):
+        super().__init__(f"P3S: training interrupted after step {step}"
+                         + (f"; resume with --resume {checkpoint}" if checkpoint else ""))
+        self.step, self.checkpoint = step, checkpoint
+
+
+class _StopRequests:
+    """SIGINT / SIGTERM while training asks to stop after the current step (and save); a second SIGINT
+    aborts at once. Handlers are installed only in the main thread and restored on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "_StopRequests":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        log.warning("P3S: %s: stopping after this step and saving a checkpoint (Ctrl-C again: stop at once, "
+                    "unsaved)", self.requested)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def _train_step(backend, adapter: P3SAdapter, stepper: _Stepper, dataset, config: TrainConfig,
-                generator: torch.Generator, step: int) -> dict[str, float]:
-    """Draw a batch, forward, L = L_diffusion + lambda * ACL, optimizer step; the loss parts (mean over ranks)."""
+                generator: torch.Generator, step: int, stop: _StopRequests) -> dict[str, float]:
+    """Draw a batch, forward, L = L_diffusion + lambda * ACL, optimizer step; the loss parts (mean over ranks)
+    and ``stop`` > 0 when any process was asked to stop (one collective for both)."""
     out = backend.forward(adapter, draw_batch(backend, dataset, config, generator), generator,
                           record_acl=config.acl_weight > 0)
     loss, parts = compute_loss(out, config.acl_weight)
@@ -146,7 +185,28 @@ def _train_step(backend, adapter: P3SAdapter, stepper: _Stepper, dataset, config
         raise ValueError(f"P3S: training diverged at step {step + 1} (loss {parts['loss']}): lower --lr, "
                          "or use --precision bf16/fp32 instead of fp16")
     stepper.step(loss)
-    return stepper.dist.mean(parts, backend.device)
+    return stepper.dist.mean({**parts, "stop": float(stop.requested is not None)}, backend.device)
+
+
+def _report(bar, parts: dict[str, float], step: int, total: int, quiet: bool) -> None:
+    """The progress bar's numbers; without a bar, a log line at every 1 % of the run (none when ``quiet``)."""
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{parts['loss']:.4f}", acl=f"{parts['acl']:.3g}")
+    elif not quiet and (step % max(1, total // 100) == 0 or step == total):
+        log.info("P3S: step %d/%d loss %.5f acl %.3g", step, total, parts["loss"], parts["acl"])
+
+
+def _interrupted(bar, history: list[dict], output: Path | None, checkpoint: Path | None) -> None:
+    """After a stop request: the loss curve so far, one log line with the way back, then TrainingInterrupted."""
+    if bar is not None:
+        bar.close()
+    step = history[-1]["step"]
+    if output is not None:
+        write_loss_curve(history, output.with_suffix(".loss.png"))
+        log.warning("P3S: training stopped after step %d; saved %s. Continue with --resume %s", step,
+                    checkpoint, checkpoint)
+    raise TrainingInterrupted(step, checkpoint)
 
 
 def _progress_bar(enabled: bool, total: int, initial: int):
@@ -165,6 +225,8 @@ def train(backend, dataset, config: TrainConfig, output: str | os.PathLike | Non
     ``stop_at``: stop after this step (for short and interrupted runs: the final adapter is still written,
     the step counter in checkpoints stays that of the run). Resume continues the same step counter,
     history, optimizer and RNG state, so an interrupted and resumed run follows the uninterrupted one.
+    SIGINT / SIGTERM stop the run after the current step: a checkpoint of that step is written and
+    ``TrainingInterrupted`` is raised (the command line turns it into exit status 130).
     """
     config.validate()
     dist = dist or DistContext()
@@ -180,23 +242,25 @@ def train(backend, dataset, config: TrainConfig, output: str | os.PathLike | Non
     bar = _progress_bar(progress and dist.is_main, config.steps, step)
     t0, timed, first = time.perf_counter(), 0, step
     adapter.train()
-    while step < last:
-        if step == first + 1:
-            t0, timed = time.perf_counter(), 0  # time from the 2nd step on (the first warms caches up)
-        parts = _train_step(backend, adapter, stepper, dataset, config, generator, step)
-        step, timed = step + 1, timed + 1
-        history.append({"step": step, **parts})
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{parts['loss']:.4f}", acl=f"{parts['acl']:.3g}")
-        if writes and config.checkpoint_every and step % config.checkpoint_every == 0:
-            checkpoints.append(save_checkpoint(checkpoint_path(output, step), adapter, stepper.optimizer, step,
-                                               history, generator, config, stepper.scaler))
-        if writes and config.sample_every and sample_fn is not None and step % config.sample_every == 0:
-            adapter.eval()
-            with torch.no_grad():
-                sample_fn(adapter, step)
-            adapter.train()
+    with _StopRequests() as stop:
+        while step < last:
+            if step == first + 1:
+                t0, timed = time.perf_counter(), 0  # time from the 2nd step on (the first warms caches up)
+            parts = _train_step(backend, adapter, stepper, dataset, config, generator, step, stop)
+            stopping = parts.pop("stop") > 0
+            step, timed = step + 1, timed + 1
+            history.append({"step": step, **parts})
+            _report(bar, parts, step, config.steps, quiet=not dist.is_main)
+            if writes and (stopping or (config.checkpoint_every and step % config.checkpoint_every == 0)):
+                checkpoints.append(save_checkpoint(checkpoint_path(output, step), adapter, stepper.optimizer, step,
+                                                   history, generator, config, stepper.scaler))
+            if stopping:
+                _interrupted(bar, history, output if writes else None, checkpoints[-1] if writes else None)
+            if writes and config.sample_every and sample_fn is not None and step % config.sample_every == 0:
+                adapter.eval()
+                with torch.no_grad():
+                    sample_fn(adapter, step)
+                adapter.train()
     if bar is not None:
         bar.close()
     secs = (time.perf_counter() - t0) / timed if timed else float("nan")

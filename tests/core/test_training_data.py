@@ -74,16 +74,52 @@ def test_without_references_the_target_is_its_own_reference(tmp_path):
     assert sample.source.image is sample.image and sample.source.mask is sample.mask
 
 
-@pytest.mark.parametrize("ref_mask,when,match", [
-    ("missing", "init", r"^P3S: dataset .*references/a.png has neither reference_masks/a.png nor "
-                        r"reference_points/a.json"),
-    ("wrong_size", "load", r"^P3S: dataset: reference_masks/a.png is 32x32 but references/a.png is 64x64"),
-    ("empty", "load", r"^P3S: dataset: reference_masks/a.png has no white \(subject\) pixels"),
+@pytest.mark.parametrize("ref_mask,match", [
+    ("missing", r"(?s)^P3S: dataset .*references/a.png has neither reference_masks/a.png nor reference_points/a.json"),
+    ("wrong_size", r"(?s)^P3S: dataset .*reference_masks/a.png is 32x32 but references/a.png is 64x64"),
+    ("empty", r"(?s)^P3S: dataset .*reference_masks/a.png has no white \(subject\) pixels"),
 ])
-def test_a_wrong_or_missing_reference_mask_is_refused(tmp_path, ref_mask, when, match):
+def test_a_wrong_or_missing_reference_mask_is_refused_when_the_dataset_is_made(tmp_path, ref_mask, match):
     root = _dataset(tmp_path, ref_mask=ref_mask)
     with pytest.raises(ValueError, match=match):
-        SubjectDataset(root, SIDE)[0] if when == "load" else SubjectDataset(root, SIDE)
+        SubjectDataset(root, SIDE)
+    if ref_mask != "missing":  # unchecked, the same file fails when its sample loads
+        lazy = SubjectDataset(root, SIDE, check=False)
+        with pytest.raises(ValueError, match=r"^P3S: dataset: reference_masks/a.png"):
+            lazy[0]
+
+
+def _good_sample(root: Path, stem: str, x0: int = 2) -> None:
+    image, mask = _scene(SIDE, x0, (200, 120, 60))
+    _png(root / "images" / f"{stem}.png", image)
+    _png(root / "masks" / f"{stem}.png", mask)
+    (root / "captions").mkdir(exist_ok=True)
+    (root / "captions" / f"{stem}.txt").write_text("a dog")
+
+
+def test_every_bad_file_is_listed_at_once(tmp_path):
+    for i in range(6):
+        _good_sample(tmp_path, f"s{i}", x0=2 + i)
+    (tmp_path / "images" / "s1.png").write_bytes(b"")                                   # 0 bytes
+    data = (tmp_path / "images" / "s2.png").read_bytes()
+    (tmp_path / "images" / "s2.png").write_bytes(data[: len(data) // 2])                 # truncated
+    (tmp_path / "captions" / "s3.txt").write_bytes("un chien \xe9".encode("latin-1"))     # not UTF-8
+    (tmp_path / "masks" / "s4.png").unlink()
+    (tmp_path / "points").mkdir()
+    (tmp_path / "points" / "s4.json").write_text('{"width": 32, "height": 32, "positive": [{"x": "left"}]}')
+    (tmp_path / "masks" / "s5.png").write_bytes(b"not a png")
+    (tmp_path / "captions" / "s0.txt").unlink()
+    with pytest.raises(ValueError) as info:
+        SubjectDataset(tmp_path, SIDE)
+    msg = str(info.value)
+    assert msg.startswith(f"P3S: dataset {tmp_path}: 6 problem(s), all listed")
+    lines = [line for line in msg.splitlines() if line.startswith("  - ")]
+    assert len(lines) == 6, msg
+    for name, why in [("captions/s0.txt", "missing"), ("images/s1.png", "not a readable image"),
+                      ("images/s2.png", "not a readable image"), ("captions/s3.txt", "not UTF-8 text"),
+                      ("points/s4.json", "positive[0]"), ("masks/s5.png", "not a readable image")]:
+        assert any(name in line and why in line for line in lines), (name, why, msg)
+    assert "Traceback" not in msg
 
 
 def _script():
