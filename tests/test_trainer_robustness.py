@@ -105,3 +105,28 @@ def test_sigint_saves_a_resumable_checkpoint_of_the_steps_since_the_last_one(fil
     assert resumed_step == step and [h["step"] for h in history] == list(range(1, step + 1))
     assert config["steps"] == 400
     assert abs(float(adapter.gate.detach())) > 0  # trained weights, not a fresh adapter
+
+
+class _Touches:
+    """A pickle that would create a file if anything ever unpickled it with code allowed."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_resume_refuses_a_pickle_with_code_without_pytorchs_advice(files):
+    data = scenes.write_dataset(files["tmp"] / "resume_data", range(2), SIDE)
+    marker = files["tmp"] / "code_ran"
+    evil = files["tmp"] / "evil.step000010.pt"
+    torch.save({"format": "p3s-train-checkpoint", "step": 10, "payload": _Touches(marker)}, evil)
+    out = files["tmp"] / "resume" / "resume.safetensors"
+    proc = subprocess.run(_command(files, data, out, "--steps", "20", "--resume", str(evil)),
+                          capture_output=True, text=True, timeout=300, env=_env())
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 1, log[-3000:]
+    assert "P3S: --resume: evil.step000010.pt holds Python objects" in log and "never runs code" in log, log[-3000:]
+    assert "weights_only" not in log and "Traceback" not in log
+    assert not marker.exists() and not out.exists()

@@ -39,9 +39,12 @@ def run_training(job: TrainJob, dist: DistContext | None = None) -> TrainResult:
         raise ValueError(f"P3S: --output {output} must end in .safetensors")
     config = job.config
     config.validate()
+    # Every dataset file is read before step 1; with a known resolution, before the models load too.
+    dataset = SubjectDataset(job.data, job.resolution) if job.resolution else None
     model, clip, vae, cv = load_models(job.checkpoint, job.clip_vision, config.precision)
     resolution = job.resolution or (1024 if model_family(model) == "sdxl" else 512)
-    dataset = SubjectDataset(job.data, resolution)
+    if dataset is None:
+        dataset = SubjectDataset(job.data, resolution)
     backend = ComfyBackend(model, clip, vae, cv, resolution=resolution, precision=config.precision,
                            acl_layers=job.acl_layers, selection_features=job.selection_features)
     try:
