@@ -96,7 +96,7 @@ def main(argv=None):
         if str(exc).startswith("P3S:"):  # a message for the user, not a crash
             raise SystemExit(str(exc)) from None
         raise
-    except KeyboardInterrupt as exc:  # TrainingInterrupted: the loop saved a checkpoint and said how to resume
+    except KeyboardInterrupt as exc:  # TrainingInterrupted: the loop saved a checkpoint, said how to resume
         if getattr(exc, "step", None) is None:
             logging.getLogger("P3S").warning("P3S: aborted at once: the progress since the last checkpoint "
                                              "is not saved")

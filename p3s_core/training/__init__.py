@@ -28,6 +28,6 @@ from .loss_curve import write_loss_curve
 
 __all__ = ["IMAGE_EXTS", "TrainSample", "SubjectView", "SubjectDataset", "interior_points", "Reference",
            "prepare_reference", "Batch", "make_batch", "draw_batch", "ForwardOutput", "Backend", "compute_loss",
-           "TrainConfig", "PRECISIONS", "TRAIN_FILLS", "config_fields", "TrainResult", "TrainingInterrupted", "DistContext",
-           "make_adapter", "save_checkpoint", "load_checkpoint", "checkpoint_path", "write_loss_curve", "train",
-           "evaluate", "CHECKPOINT_FORMAT"]
+           "TrainConfig", "PRECISIONS", "TRAIN_FILLS", "config_fields", "TrainResult", "TrainingInterrupted",
+           "DistContext", "make_adapter", "save_checkpoint", "load_checkpoint", "checkpoint_path", "write_loss_curve",
+           "train", "evaluate", "CHECKPOINT_FORMAT"]
