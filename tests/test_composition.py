@@ -70,11 +70,14 @@ def run_chain(server):
 def test_p3s_composes_with_the_other_node_in_both_orders(run_chain, other):
     node = (other, OTHERS[other])
     alone, p3s = run_chain(node), run_chain(("p3s", {"weight": 1.0}))
-    for chain in ([node, ("p3s", {"weight": 1.0})], [("p3s", {"weight": 1.0}), node]):
+    orders = ([node, ("p3s", {"weight": 1.0})], [("p3s", {"weight": 1.0}), node])
+    for chain in orders:
         both = run_chain(*chain)
         assert torch.isfinite(both).all()
         assert (both - alone).abs().max().item() > 1e-2, f"{chain}: P3S had no effect next to {other}"
         assert (both - p3s).abs().max().item() > 1e-2, f"{chain}: {other} had no effect next to P3S"
+    # README Compatibility: the order of the two nodes does not matter
+    assert (run_chain(*orders[0]) - run_chain(*orders[1])).abs().max().item() < 1e-4, other
     for chain in ([node, ("p3s", {"weight": 0.0})], [("p3s", {"weight": 0.0}), node]):
         assert torch.equal(run_chain(*chain), alone), f"{chain}: P3S at weight 0 is not {other} alone"
 
