@@ -1,187 +1,214 @@
-"""Procedural benchmark of RNGR subject selection with the built-in weight-free features.
+"""Benchmark of the pack's subject selection (built-in weight-free features) against a naive baseline.
 
-Each scene has 2-5 look-alike "animals" (wobbly superellipse bodies with a head, one colour and
-texture per scene, small per-instance variation) on a textured, unevenly lit, noisy background.
-Half the scenes have separated subjects, half touching/overlapping ones. One click per target at
-its most interior point. Prints mean IoU of the expanded mask with the target and selection
-accuracy (IoU with the target above IoU with every other instance), then timings, and ends with:
-``selection separated_iou=.. separated_acc=.. touching_iou=.. touching_acc=.. ms_1024=..``
+Scene families (``bench/selection_scenes.py``): separated and touching look-alikes, strongly textured
+backgrounds, background patches of the subject's colour, thin parts (legs, tails), many look-alikes,
+subjects cut by the border. One click per target at its deepest interior point. Per family it prints
+the pack's mean IoU of ``Selection.mask`` with the clicked subject, the naive baseline's mean IoU on the
+same clicks (per-pixel colour distance to the clicked colour, Otsu threshold, the connected region
+under the click), accuracy (IoU with the target above IoU with every other subject) and refusals
+(clicks that raised instead of selecting). Thin parts: the fraction of thin-part pixels kept.
 
-Usage: python bench/selection.py [--scenes 200] [--size 512] [--seed 0]
+Then: the shipped example ``assets/two_dogs.png`` (left dog with the example workflows' points; IoU
+and how much of its tail is kept); real photos (two DreamBench photos of the same class side by side,
+a click at the centre of each half: the share of the mask inside the clicked half), read from a
+``fetch`` of ``google/dreambooth`` when one is on this machine (``--dreambooth GIT_DIR``; skipped and
+said so otherwise); timings at 1024x1024 (1 positive + 1 negative point) on a strongly textured image
+and on the same subjects on a flat background, and 4096x4096. The last line is::
+
+    selection separated_iou=.. separated_acc=.. touching_iou=.. touching_acc=.. ms_1024=.. \
+baseline_iou=.. refused=.. worst_margin=.. ms_1024_flat=.. tex_ratio=..
+
+``ms_1024`` is the textured image; ``baseline_iou`` the baseline's separated IoU; ``refused`` counts
+refusals over all families; ``worst_margin`` is min over families of (pack IoU - baseline IoU).
+
+Usage: python bench/selection.py [--scenes 40] [--size 512] [--seed 0] [--dreambooth GIT_DIR]
 """
-
 from __future__ import annotations
 
 import argparse
-import colorsys
+import io
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from scipy import ndimage
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from p3s_core.features import rgb_to_lab  # noqa: E402
 from p3s_core.points import PointSet  # noqa: E402
 from p3s_core.rngr import select_subject  # noqa: E402
+from selection_scenes import FAMILIES, click_point, make_scene  # noqa: E402
 
 
-def _smooth_noise(rng: np.random.Generator, size: int, scale: float, ch: int = 1) -> np.ndarray:
-    n = ndimage.gaussian_filter(rng.standard_normal((size, size, ch)), (scale, scale, 0))
-    return n / (n.std() + 1e-8)
+
+def _find_dreambooth() -> Path:
+    """$P3S_DREAMBOOTH_GIT, else a fetched copy (``.mirror/google+dreambooth/repo``) beside a parent folder."""
+    if os.environ.get("P3S_DREAMBOOTH_GIT"):
+        return Path(os.environ["P3S_DREAMBOOTH_GIT"])
+    for parent in REPO.parents:
+        candidate = parent / ".mirror" / "google+dreambooth" / "repo"
+        if (candidate / "HEAD").is_file():
+            return candidate
+    return Path(".mirror/google+dreambooth/repo")
 
 
-def _hsv(h: float, s: float, v: float) -> np.ndarray:
-    return np.array(colorsys.hsv_to_rgb(h % 1.0, min(max(s, 0), 1), min(max(v, 0), 1)))
-
-
-def _shape(size: int, cx: float, cy: float, r: float, rng: np.random.Generator, p: dict) -> np.ndarray:
-    """One animal-ish silhouette: wobbly rotated superellipse body plus a round head."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    ang = rng.uniform(0, np.pi)
-    ca, sa = np.cos(ang), np.sin(ang)
-    u, v = (xx - cx) * ca + (yy - cy) * sa, -(xx - cx) * sa + (yy - cy) * ca
-    a, b = r * p["aspect"] * rng.uniform(0.92, 1.08), r * rng.uniform(0.92, 1.08)
-    theta = np.arctan2(v, u)
-    wob = 1 + sum(rng.uniform(-0.06, 0.06) * np.cos(k * theta + rng.uniform(0, 6.3)) for k in (2, 3, 5))
-    n = p["exponent"]
-    body = (np.abs(u / a) ** n + np.abs(v / b) ** n) ** (1 / n) <= wob
-    hx, hy = a * 0.95, rng.uniform(-0.3, 0.3) * b  # head at one end of the long axis
-    head = (u - hx) ** 2 + (v - hy) ** 2 <= (b * p["head"]) ** 2
-    return body | head
-
-
-def make_scene(rng: np.random.Generator, size: int = 512, touching: bool = False):
-    """Returns image [size, size, 3] float32 0..1 and a list of visible instance masks."""
-    # Subject class: one colour/texture per scene, small per-instance variation (look-alikes).
-    sh, ss, sv = rng.uniform(0, 1), rng.uniform(0.25, 0.8), rng.uniform(0.35, 0.9)
-    subj = _hsv(sh, ss, sv)
-    while True:  # background must differ from the subject somewhat (else nothing is selectable)
-        bh, bs, bv = rng.uniform(0, 1), rng.uniform(0.05, 0.7), rng.uniform(0.2, 0.9)
-        bg_col = _hsv(bh, bs, bv)
-        if np.abs(bg_col - subj).sum() > 0.35:
-            break
-    img = np.empty((size, size, 3), np.float32)
-    img[:] = bg_col
-    # Background texture: two scales of colour noise plus clutter blobs of a second colour.
-    # Mostly lightness variation with some chroma variation, as in real grass/fabric/wood.
-    lum = 0.07 * _smooth_noise(rng, size, size / 24) + 0.04 * _smooth_noise(rng, size, 2)
-    img += lum + 0.03 * _smooth_noise(rng, size, size / 24, 3) + 0.015 * _smooth_noise(rng, size, 2, 3)
-    clutter = _smooth_noise(rng, size, size / 16) [..., 0] > 1.2
-    img[clutter] = img[clutter] * 0.6 + 0.4 * _hsv(bh + rng.uniform(-0.15, 0.15), bs, bv * 0.8)
-
-    k = int(rng.integers(2, 6))
-    params = {"aspect": rng.uniform(1.2, 1.8), "exponent": rng.uniform(1.7, 3.0), "head": rng.uniform(0.45, 0.7)}
-    r = size * rng.uniform(0.06, 0.1) * (1.0 if k <= 3 else 0.85)
-    spots = rng.uniform() < 0.5
-    masks: list[np.ndarray] = []
-    occupied = np.zeros((size, size), bool)
-    centres: list[tuple[float, float]] = []
-    for _ in range(k):
-        for _try in range(200):
-            if touching and centres:
-                # Next to a previous instance, close enough that the silhouettes touch or overlap.
-                px, py = centres[int(rng.integers(len(centres)))]
-                a = rng.uniform(0, 2 * np.pi)
-                d = r * rng.uniform(1.6, 2.2)
-                cx, cy = px + d * np.cos(a), py + d * np.sin(a)
-            else:
-                cx, cy = rng.uniform(0.15, 0.85, 2) * size
-            if not (0.12 * size < cx < 0.88 * size and 0.12 * size < cy < 0.88 * size):
-                continue
-            m = _shape(size, cx, cy, r, rng, params)
-            inter = (m & occupied).sum() / m.sum()
-            near = ndimage.binary_dilation(occupied, iterations=max(2, int(0.03 * size))) & m
-            if touching and centres:
-                ok = 0 < inter < 0.25 or (inter == 0 and near.any())
-            else:
-                ok = not near.any()
-            if ok:
-                break
-        else:
-            continue
-        centres.append((cx, cy))
-        col = _hsv(sh + rng.uniform(-0.02, 0.02), ss * rng.uniform(0.9, 1.1), sv * rng.uniform(0.9, 1.1))
-        tex = 0.05 * _smooth_noise(rng, size, 1.5)
-        if spots:
-            tex += -0.15 * (_smooth_noise(rng, size, size / 80) > 1.3)
-        shade = ndimage.distance_transform_edt(m)
-        shade = 0.75 + 0.25 * np.clip(shade / (0.5 * r), 0, 1)  # darker rim: rounded 3D look
-        body = (col[None, None] + tex) * shade[..., None]
-        img[m] = body[m]
-        for prev in masks:  # later instances occlude earlier ones
-            prev &= ~m
-        masks.append(m.copy())
-        occupied |= m
-    # Lighting gradient and sensor noise over everything.
-    g = rng.uniform(-1, 1, 2)
-    yy, xx = np.mgrid[0:size, 0:size] / size - 0.5
-    img *= (1 + 0.35 * (g[0] * xx + g[1] * yy))[..., None]
-    img += rng.normal(0, 0.02, img.shape)
-    return np.clip(img, 0, 1).astype(np.float32), [m for m in masks if m.sum() > 50]
-
-
-def click_point(mask: np.ndarray) -> tuple[float, float]:
-    """The target pixel farthest from the mask boundary (x, y), at the pixel centre."""
-    dt = ndimage.distance_transform_edt(mask)
-    y, x = np.unravel_index(int(np.argmax(dt)), dt.shape)
-    return float(x) + 0.5, float(y) + 0.5
+# Classes with at least two DreamBench subjects: consecutive subjects of a class make a pair.
+DREAMBENCH_CLASSES = {
+    "backpack": ["backpack", "backpack_dog"], "cat": ["cat", "cat2"],
+    "sneaker": ["colorful_sneaker", "shiny_sneaker"],
+    "stuffed animal": ["bear_plushie", "grey_sloth_plushie", "wolf_plushie"],
+    "dog": ["dog", "dog2", "dog3", "dog5", "dog6", "dog7", "dog8"],
+    "toy": ["duck_toy", "monster_toy", "poop_emoji", "rc_car", "robot_toy"],
+}
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max(1, (a | b).sum()))
 
 
-def run_scenes(n: int, size: int, seed: int) -> dict:
-    res = {"separated": ([], []), "touching": ([], [])}
-    rng = np.random.default_rng(seed)
-    errors = 0
-    for i in range(n):
-        touching = i % 2 == 1
-        img, masks = make_scene(rng, size, touching)
-        if len(masks) < 2:
+def baseline_select(image: np.ndarray, clicks: list[tuple[float, float]]) -> np.ndarray:
+    """The naive baseline: per-pixel Lab distance to the colour under the click(s), Otsu threshold,
+    the connected region(s) under the clicks, holes filled. No features, no refinement."""
+    x = torch.from_numpy(ndimage.gaussian_filter(image, (1, 1, 0))).permute(2, 0, 1)[None]
+    lab = rgb_to_lab(x)[0].permute(1, 2, 0).numpy()
+    h, w = lab.shape[:2]
+    dist = np.full((h, w), np.inf, np.float32)
+    for cx, cy in clicks:
+        r, c = min(h - 1, int(cy)), min(w - 1, int(cx))
+        ref = lab[max(0, r - 2):r + 3, max(0, c - 2):c + 3].reshape(-1, 3).mean(0)
+        dist = np.minimum(dist, np.linalg.norm(lab - ref, axis=-1))
+    hist, edges = np.histogram(dist, bins=256)
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    w0 = np.cumsum(hist)
+    m0 = np.cumsum(hist * centres)
+    w1 = w0[-1] - w0
+    between = np.where(w1 > 0, (m0[-1] * w0 / w0[-1] - m0) ** 2 / np.maximum(w0 * w1 / w0[-1], 1e-12), -1)
+    near = dist <= centres[int(np.argmax(between))]
+    lab_ids, _ = ndimage.label(near)
+    ids = {int(lab_ids[min(h - 1, int(cy)), min(w - 1, int(cx))]) for cx, cy in clicks} - {0}
+    return ndimage.binary_fill_holes(np.isin(lab_ids, list(ids)))
+
+
+def pack_select(image: np.ndarray, clicks, negative=(), **kwargs) -> np.ndarray | None:
+    h, w = image.shape[:2]
+    pts = PointSet.from_pixels(positive=clicks, negative=negative, width=w, height=h)
+    try:
+        return select_subject(torch.from_numpy(image), pts, **kwargs).mask.numpy() > 0.5
+    except ValueError:
+        return None
+
+
+def run_family(family: str, n: int, size: int, seed: int, **kwargs) -> dict:
+    rng = np.random.default_rng([seed, FAMILIES.index(family)])
+    out = {"iou": [], "base": [], "acc": [], "refused": 0, "thin": []}
+    for _ in range(n):
+        scene = make_scene(rng, family, size)
+        if len(scene.masks) < 2:
             continue
-        t = torch.from_numpy(img)
-        for j, m in enumerate(masks):
-            pts = PointSet.from_pixels(positive=[click_point(m)], width=size, height=size)
-            try:
-                sel = select_subject(t, pts).mask.numpy() > 0.5
-            except ValueError:
+        for j, m in enumerate(scene.masks):
+            click = click_point(m)
+            sel = pack_select(scene.image, [click], **kwargs)
+            if sel is None:
+                out["refused"] += 1
                 sel = np.zeros_like(m)
-                errors += 1
-            ious = [iou(sel, o) for o in masks]
-            ious_t, others = ious[j], ious[:j] + ious[j + 1 :]
-            key = "touching" if touching else "separated"
-            res[key][0].append(ious_t)
-            res[key][1].append(float(all(ious_t > o for o in others)))
-    res["errors"] = errors
-    return res
+            ious = [iou(sel, o) for o in scene.masks]
+            out["iou"].append(ious[j])
+            out["acc"].append(float(all(ious[j] > o for k, o in enumerate(ious) if k != j)))
+            out["base"].append(iou(baseline_select(scene.image, [click]), m))
+            thin = scene.thin_masks[j]
+            if thin is not None and thin.sum() > 0:
+                out["thin"].append(float((sel & thin).sum() / thin.sum()))
+    return out
 
 
-def timing(size: int = 1024, reps: int = 15) -> float:
-    rng = np.random.default_rng(123)
-    img, masks = make_scene(rng, size, False)
-    t = torch.from_numpy(img)
-    pts = PointSet.from_pixels(positive=[click_point(masks[0])], width=size, height=size)
-    select_subject(t, pts)  # warm-up
+def two_dogs() -> tuple[float, float, float]:
+    """Left dog of the shipped example with the workflows' points: (IoU, tail kept, baseline IoU)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import make_reference as mr
+
+    img = np.asarray(Image.open(REPO / "assets" / "two_dogs.png").convert("RGB"), np.float32) / 255
+    labels = np.asarray(Image.open(REPO / "assets" / "two_dogs_masks.png").convert("L")) // 100
+    left = labels == 1
+    yy, xx = np.mgrid[0:mr.H, 0:mr.W].astype(np.float32)
+    cx, cy = 140, 205  # the left dog's centre in make_reference.make()
+    tail = (mr._ellipse(xx, yy, cx - 58, cy + 20, 30, 9, angle=-0.9) <= 1) & left
+    tail &= (mr._ellipse(xx, yy, cx - 8, cy + 18, 50, 58, angle=0.25) > 1)
+    tail &= (mr._ellipse(xx, yy, cx - 30, cy + 50, 32, 26) > 1)
+    sel = pack_select(img, mr.LEFT_DOG_POINTS, [mr.RIGHT_DOG_POINT])
+    sel = np.zeros_like(left) if sel is None else sel
+    base = baseline_select(img, mr.LEFT_DOG_POINTS)
+    return iou(sel, left), float((sel & tail).sum() / tail.sum()), iou(base, left)
+
+
+def _git_image(git_dir: Path, path: str, side: int) -> np.ndarray:
+    data = subprocess.run(["git", "--git-dir", str(git_dir), "show", f"HEAD:{path}"], check=True,
+                          capture_output=True).stdout
+    im = Image.open(io.BytesIO(data)).convert("RGB")
+    s = min(im.size)
+    im = im.crop(((im.width - s) // 2, (im.height - s) // 2, (im.width + s) // 2, (im.height + s) // 2))
+    return np.asarray(im.resize((side, side), Image.BILINEAR), np.float32) / 255
+
+
+def dreambench(git_dir: Path, side: int = 384) -> tuple[list[float], int] | None:
+    """Two photos of one class side by side, a click at the centre of each half: the share of the
+    mask in the clicked half, per click, and the number of refused clicks. None if no fetched copy."""
+    if not (git_dir / "HEAD").is_file():
+        return None
+    shares, refused = [], 0
+    for subjects in DREAMBENCH_CLASSES.values():
+        for a, b in zip(subjects, subjects[1:]):
+            for k in ("00", "01"):
+                pair = np.concatenate([_git_image(git_dir, f"dataset/{s}/{k}.jpg", side) for s in (a, b)], 1)
+                for half in (0, 1):
+                    sel = pack_select(pair, [(side * (half + 0.5), side / 2)])
+                    if sel is None:
+                        refused += 1
+                        continue
+                    inside = sel[:, half * side:(half + 1) * side].sum()
+                    shares.append(float(inside / max(1, sel.sum())))
+    return shares, refused
+
+
+def _median_ms(image: torch.Tensor, pts: PointSet, reps: int) -> list[float]:
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        select_subject(t, pts)
+        select_subject(image, pts)
         times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+    return times
 
 
-def big_run() -> tuple[float, float]:
-    rng = np.random.default_rng(7)
-    img, masks = make_scene(rng, 512, False)
-    x, y = click_point(masks[0])
-    big = torch.nn.functional.interpolate(torch.from_numpy(img).permute(2, 0, 1)[None], size=(4096, 4096))
+def timing(size: int = 1024, reps: int = 15) -> tuple[float, float]:
+    """Median ms at size x size, 1 positive + 1 negative point: (textured image, flat background).
+    The two are interleaved in one process so machine load hits both alike."""
+    scene = make_scene(np.random.default_rng(123), "textured", size)
+    anywhere = np.any(scene.masks, axis=0)
+    flat = np.where(anywhere[..., None], scene.image, scene.image[~anywhere].mean(0)).astype(np.float32)
+    pts = PointSet.from_pixels(positive=[click_point(scene.masks[0])], negative=[click_point(scene.masks[1])],
+                               width=size, height=size)
+    tex_t, flat_t = torch.from_numpy(scene.image), torch.from_numpy(flat)
+    select_subject(tex_t, pts), select_subject(flat_t, pts)  # warm-up
+    tex, fl = [], []
+    for _ in range(reps):
+        tex += _median_ms(tex_t, pts, 1)
+        fl += _median_ms(flat_t, pts, 1)
+    return statistics.median(tex), statistics.median(fl)
+
+
+def big_run() -> None:
+    scene = make_scene(np.random.default_rng(7), "separated", 512)
+    x, y = click_point(scene.masks[0])
+    big = torch.nn.functional.interpolate(torch.from_numpy(scene.image).permute(2, 0, 1)[None], size=(4096, 4096))
     big = big[0].permute(1, 2, 0).contiguous()
-    del img
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     pts = PointSet.from_pixels(positive=[(x, y)], width=512, height=512)  # rescaled to 4096
     t0 = time.perf_counter()
@@ -190,31 +217,51 @@ def big_run() -> tuple[float, float]:
     assert sel.mask.shape == (4096, 4096)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"4096x4096: {ms:.0f} ms, peak RSS {peak:.0f} MiB (before the call {before:.0f} MiB)")
-    return ms, peak
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--scenes", type=int, default=200)
+    ap.add_argument("--scenes", type=int, default=40, help="scenes per family")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--families", default=",".join(FAMILIES))
+    ap.add_argument("--dreambooth", type=Path, default=None,
+                    help="git directory of a fetched google/dreambooth")
+    ap.add_argument("--no-timing", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(2)
     t0 = time.time()
-    res = run_scenes(args.scenes, args.size, args.seed)
-    figs = {}
-    for key in ("separated", "touching"):
-        ious, acc = res[key]
-        figs[key] = (float(np.mean(ious)) if ious else 0.0, float(np.mean(acc)) if acc else 0.0)
-        print(f"{key:9s}: {len(ious)} targets, mean IoU {figs[key][0]:.3f}, accuracy {figs[key][1]:.3f}")
-    print(f"selection errors (empty result): {res['errors']}; scenes took {time.time() - t0:.0f} s")
-    ms = timing()
-    print(f"1024x1024: median {ms:.1f} ms over 15 runs (2 threads)")
-    big_run()
-    print(
-        f"selection separated_iou={figs['separated'][0]:.2f} separated_acc={figs['separated'][1]:.2f} "
-        f"touching_iou={figs['touching'][0]:.2f} touching_acc={figs['touching'][1]:.2f} ms_1024={ms:.0f}"
-    )
+    figs, refused, margins = {}, 0, []
+    for fam in args.families.split(","):
+        r = run_family(fam, args.scenes, args.size, args.seed)
+        figs[fam] = (float(np.mean(r["iou"])), float(np.mean(r["acc"])), float(np.mean(r["base"])))
+        refused += r["refused"]
+        margins.append(figs[fam][0] - figs[fam][2])
+        thin = f", thin parts kept {np.mean(r['thin']):.3f}" if r["thin"] else ""
+        print(f"{fam:12s}: {len(r['iou']):3d} targets, IoU {figs[fam][0]:.3f} (baseline {figs[fam][2]:.3f}), "
+              f"accuracy {figs[fam][1]:.3f}, refused {r['refused']}{thin}")
+    print(f"families took {time.time() - t0:.0f} s")
+    d_iou, d_tail, d_base = two_dogs()
+    print(f"two_dogs (left dog, example points): IoU {d_iou:.3f} (baseline {d_base:.3f}), tail kept {d_tail:.3f}")
+    args.dreambooth = args.dreambooth or _find_dreambooth()
+    db = dreambench(args.dreambooth)
+    if db is None:
+        print(f"dreambench: skipped (no fetched google/dreambooth at {args.dreambooth}; pass --dreambooth)")
+    else:
+        shares, db_refused = db
+        refused += db_refused
+        print(f"dreambench pairs: {len(shares) + db_refused} clicks, mask share in the clicked half "
+              f"{np.mean(shares):.3f} (min {min(shares):.2f}), refused {db_refused}")
+    ms = ms_flat = float("nan")
+    if not args.no_timing:
+        ms, ms_flat = timing()
+        print(f"1024x1024, 1+1 points, median of 15: textured {ms:.1f} ms, flat {ms_flat:.1f} ms, "
+              f"ratio {ms / ms_flat:.2f} (2 threads; load average {os.getloadavg()[0]:.2f})")
+        big_run()
+    sep, tou = figs.get("separated", (0, 0, 0)), figs.get("touching", (0, 0, 0))
+    print(f"selection separated_iou={sep[0]:.2f} separated_acc={sep[1]:.2f} touching_iou={tou[0]:.2f} "
+          f"touching_acc={tou[1]:.2f} ms_1024={ms:.0f} baseline_iou={sep[2]:.2f} refused={refused} "
+          f"worst_margin={min(margins):+.2f} ms_1024_flat={ms_flat:.0f} tex_ratio={ms / ms_flat:.2f}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from ..p3s_core.schedule import WeightSchedule
 from .features import clip_token_width
 from .models import context_dim, model_family, transformer_layers
 from .patch import MODES, P3SPatch
+from .picker import split_input
 from .reference import ALL_FILLS, encode_reference, fit_to_native, selection_masks, subject_only
 from .types import CATEGORY, Adapter, Points
 
@@ -61,6 +62,7 @@ class P3SApply(io.ComfyNode):
                                     tooltip="CLIP vision model: better selection features; required with an adapter."),
                 Adapter.Input("adapter", optional=True, tooltip="A trained P3S adapter (P3S Load Adapter)."),
                 io.Mask.Input("mask", optional=True, tooltip="Use this subject mask instead of the points."),
+                split_input(),
             ],
             outputs=[
                 io.Model.Output(display_name="model"),
@@ -72,7 +74,7 @@ class P3SApply(io.ComfyNode):
     @classmethod
     def execute(cls, model, vae, reference, weight, start_percent, end_percent, points=None, fill="blur",
                 reference_mode="per_step", uncond_sees_reference=False, clip_vision=None, adapter=None,
-                mask=None) -> io.NodeOutput:
+                mask=None, split_touching=True) -> io.NodeOutput:
         family = model_family(model)
         schedule = WeightSchedule.constant(weight, start_percent, end_percent)  # validates weight and window
         if vae is None:
@@ -83,7 +85,7 @@ class P3SApply(io.ComfyNode):
                              "(the adapter reads the subject's CLIP patch tokens). Connect Load CLIP Vision")
         if reference_mode not in MODES:
             raise ValueError(f"P3S: reference_mode={reference_mode!r} is unknown: use one of {', '.join(MODES)}")
-        masks, lookalikes = selection_masks(reference, points, mask, clip_vision)
+        masks, lookalikes = selection_masks(reference, points, mask, clip_vision, split_touching)
         image, (latent_masks, lookalikes) = fit_to_native(reference[..., :3], [masks, lookalikes], family)
         subject = subject_only(model, vae, image, latent_masks, fill, family, lookalikes)
         tokens = valid = None

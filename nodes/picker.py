@@ -6,7 +6,7 @@ import logging
 import torch
 from comfy_api.latest import io, ui
 
-from ..p3s_core.points import PointSet
+from ..p3s_core.points import MAX_POINTS, PointSet
 from ..p3s_core.rngr import overlay, select_subject
 from .features import clip_features
 from .types import CATEGORY, Points
@@ -20,14 +20,17 @@ UI_IMAGE_KEY, UI_OVERLAY_KEY = "p3s_image", "p3s_overlay"
 
 POINTS_HELP = ('Points in image pixels: {"width": W, "height": H, "positive": [{"x": 10, "y": 20}], '
                '"negative": []}. The KJNodes/SAM2 list [{"x": .., "y": ..}] (all positive) works too. '
-               "Click on the image to edit them: left click = positive, right or shift click = negative.")
+               "Click on the image to edit them: left click = positive, right or shift click = negative. "
+               f"At most {MAX_POINTS} points.")
+
+SPLIT_HELP = ("Advanced. On (default): a look-alike that touches the clicked subject is cut off at the "
+              "neck or outline between them. Off: everything connected to the click that looks like the "
+              "subject is kept (use negative points to remove look-alikes).")
 
 
-def parse_points(text: str, width: int, height: int) -> PointSet:
-    """Points typed or clicked for an image of width x height (rescaled if recorded for another size)."""
-    pts = PointSet.from_json(text, width=width, height=height)
-    pts.validate()
-    return pts.rescaled(width, height)
+def split_input() -> io.Boolean.Input:
+    """The touching-look-alike split option, shared by the Point Picker and P3S Apply."""
+    return io.Boolean.Input("split_touching", default=True, optional=True, tooltip=SPLIT_HELP)
 
 
 class P3SPointPicker(io.ComfyNode):
@@ -38,7 +41,7 @@ class P3SPointPicker(io.ComfyNode):
             display_name="P3S Point Picker",
             category=CATEGORY,
             description="Click points on one subject of the reference image. Outputs the points and the "
-                        "subject mask the RNGR selection makes from them, and previews that mask.",
+                        "subject mask the selection makes from them, and previews that mask.",
             inputs=[
                 io.Image.Input("image", tooltip="The reference image (the first image of a batch is "
                                                 "previewed; the points apply to every image)."),
@@ -46,6 +49,7 @@ class P3SPointPicker(io.ComfyNode):
                 io.ClipVision.Input("clip_vision", optional=True,
                                     tooltip="Optional: CLIP vision patch features for the selection "
                                             "instead of the built-in colour/texture features."),
+                split_input(),
             ],
             outputs=[
                 Points.Output(display_name="points"),
@@ -54,13 +58,14 @@ class P3SPointPicker(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, image: torch.Tensor, points: str, clip_vision=None) -> io.NodeOutput:
+    def execute(cls, image: torch.Tensor, points: str, clip_vision=None, split_touching: bool = True
+                ) -> io.NodeOutput:
         _, height, width, _ = image.shape
-        pts = parse_points(points, width, height)
+        pts = PointSet.for_image(points, width, height)
         feats = clip_features(clip_vision, image) if clip_vision is not None else None
         masks, previews = [], []
         for i in range(image.shape[0]):
-            sel = select_subject(image[i], pts, None if feats is None else feats[i])
+            sel = select_subject(image[i], pts, None if feats is None else feats[i], split_touching=split_touching)
             masks.append(sel.mask)
             if i == 0:
                 previews.append(overlay(image[i], sel))

@@ -10,18 +10,31 @@ import comfy.sample
 import comfy.utils
 import latent_preview
 
-from ..p3s_core.rngr import FILL_MODES, fill_outside, select_subject
+from ..p3s_core.fill import FILL_MODES, check_fill, fill_outside
+from ..p3s_core.rngr import select_subject
 from .features import clip_features
 from .models import context_dim, native_side
 
 log = logging.getLogger("P3S")
 
 ALL_FILLS = (*FILL_MODES, "inpaint")
+MIN_REFERENCE_SIDE = 64  # px: the VAE works at 1/8 size and the U-Net's reference pass needs a few latent pixels
 
 
-def selection_masks(reference: torch.Tensor, points, mask, clip_vision) -> tuple[torch.Tensor, torch.Tensor | None]:
+def check_reference_size(reference: torch.Tensor) -> None:
+    """Refuse, before any work, a reference too small to encode (e.g. a 1x1 placeholder image)."""
+    _, height, width, _ = reference.shape
+    if min(height, width) < MIN_REFERENCE_SIDE:
+        raise ValueError(f"P3S: reference: the reference image is {width}x{height} px; P3S needs at least "
+                         f"{MIN_REFERENCE_SIDE}x{MIN_REFERENCE_SIDE} px (the VAE and the U-Net work on an 8x "
+                         "smaller latent). Connect the real reference photo")
+
+
+def selection_masks(reference: torch.Tensor, points, mask, clip_vision, split_touching: bool = True
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """[R, H, W] 0/1 subject masks from a MASK override or from the points, and the look-alike maps
     (everything subject-like, which the blur fill must not draw from; None for a MASK override)."""
+    check_reference_size(reference)
     _, height, width, _ = reference.shape
     if mask is not None:
         m = mask if mask.ndim == 3 else mask[None]
@@ -44,7 +57,7 @@ def selection_masks(reference: torch.Tensor, points, mask, clip_vision) -> tuple
                          "input, to say which subject to use")
     pts = points.rescaled(width, height)
     feats = clip_features(clip_vision, reference) if clip_vision is not None else None
-    sels = [select_subject(reference[i], pts, None if feats is None else feats[i])
+    sels = [select_subject(reference[i], pts, None if feats is None else feats[i], split_touching=split_touching)
             for i in range(reference.shape[0])]
     return torch.stack([s.mask for s in sels]), torch.stack([s.lookalike for s in sels])
 
@@ -100,8 +113,7 @@ def inpaint_outside(model, vae, image: torch.Tensor, masks: torch.Tensor, family
 def subject_only(model, vae, image: torch.Tensor, masks: torch.Tensor, fill: str, family: str,
                  exclude: torch.Tensor | None = None) -> torch.Tensor:
     """The reference with everything outside the subject removed; ``exclude``: look-alike maps."""
-    if fill not in ALL_FILLS:
-        raise ValueError(f"P3S: fill={fill!r} is unknown: use one of {', '.join(ALL_FILLS)}")
+    check_fill(fill, ALL_FILLS)
     if fill == "inpaint":
         return inpaint_outside(model, vae, image, masks, family, exclude)
     if fill == "blur":

@@ -3,15 +3,17 @@
 Request JSON::
 
     {"image": {"filename": "x.png", "subfolder": "", "type": "input" | "temp" | "output"},
-     "points": <points JSON string or object>}
+     "points": <points JSON string or object>,
+     "split_touching": true | false}      # optional, default true (as the Point Picker's option)
 
 Answer (200)::
 
     {"width": W, "height": H, "mask": "data:image/png;base64,...", "mask_width": w, "mask_height": h,
-     "area": fraction of the image selected}
+     "area": fraction of the image selected, "points": {"positive": n, "negative": n}}
 
 The mask PNG is grayscale (255 = selected) at a reduced size (long side <= PREVIEW_SIDE). Errors are
-4xx JSON ``{"error": "P3S: ..."}``. Only files inside ComfyUI's input, temp and output folders are read.
+4xx JSON ``{"error": "P3S: ..."}`` that name the file by its name only (never a server path). Only files
+inside ComfyUI's input, temp and output folders are read.
 """
 from __future__ import annotations
 
@@ -23,12 +25,13 @@ import logging
 import os
 from urllib.parse import unquote
 
+from ..p3s_core.points import MAX_POINTS_TEXT
+
 log = logging.getLogger("P3S")
 
 MAX_SIDE = 4096  # pixels, either side
 MAX_FILE_BYTES = 64 * 1024 * 1024
-MAX_POINTS = 64
-MAX_POINTS_TEXT = 64 * 1024
+MAX_BODY_BYTES = 256 * 1024  # a request is a file name and a few points
 PREVIEW_SIDE = 512  # the selection runs on (and the mask is returned at) this long side at most
 FOLDER_TYPES = ("input", "temp", "output")
 
@@ -94,22 +97,26 @@ def _points_text(points) -> str:
     if not isinstance(points, str):
         try:
             points = json.dumps(points)
-        except (TypeError, ValueError) as e:
-            raise RouteError(400, f"select: points are not JSON-serialisable: {e}")
+        except (TypeError, ValueError, RecursionError):
+            raise RouteError(400, "select: points are not JSON-serialisable.")
     if len(points) > MAX_POINTS_TEXT:
         raise RouteError(400, f"select: points text is longer than {MAX_POINTS_TEXT} characters.")
     return points
 
 
-def _compute(path: str, points_text: str) -> dict:
-    """Blocking part: decode the image (size-checked), select, encode the mask."""
-    import numpy as np
-    import torch
+def _split_option(value) -> bool:
+    if value is None:
+        return True
+    if not isinstance(value, bool):
+        raise RouteError(400, f'select: "split_touching" must be true or false, got {json.dumps(value)[:40]}.')
+    return value
+
+
+def _read_image(path: str):
+    """The RGB image at ``path`` (size- and decode-checked), EXIF-rotated; errors name only the file."""
     from PIL import Image, ImageOps
 
-    from ..p3s_core.points import PointSet
-    from ..p3s_core.rngr import select_subject
-
+    name = os.path.basename(path)
     size = os.path.getsize(path)
     if size > MAX_FILE_BYTES:
         raise RouteError(413, f"select: image file is {size / 2**20:.1f} MB; the live preview reads at most "
@@ -117,26 +124,35 @@ def _compute(path: str, points_text: str) -> dict:
     try:
         im = Image.open(path)
         W, H = im.size  # header only: nothing decoded yet
-    except Exception as e:  # noqa: BLE001 - any decoder failure is the user's file
-        raise RouteError(400, f"select: cannot read {os.path.basename(path)!r} as an image ({e}).")
+    except Exception:  # noqa: BLE001 - any decoder failure is the user's file
+        raise RouteError(400, f"select: {name!r} is not an image the preview can read (PNG, JPEG, WebP, ...).")
     if W > MAX_SIDE or H > MAX_SIDE:
         raise RouteError(413, f"select: image is {W}x{H}; the live preview handles at most "
                               f"{MAX_SIDE}x{MAX_SIDE}. The node itself still runs on it when queued.")
-    im = ImageOps.exif_transpose(im)
+    try:
+        return ImageOps.exif_transpose(im).convert("RGB")
+    except Exception:  # noqa: BLE001 - truncated or corrupt data shows up only when decoding
+        raise RouteError(400, f"select: {name!r} is truncated or corrupt and cannot be decoded; save it again.")
+
+
+def _compute(path: str, points_text: str, split_touching: bool = True) -> dict:
+    """Blocking part: decode the image (size-checked), select, encode the mask."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from ..p3s_core.points import PointSet
+    from ..p3s_core.rngr import select_subject
+
+    im = _read_image(path)
     W, H = im.size
-    pts = PointSet.from_json(points_text, width=W, height=H)
-    n = len(pts.positive) + len(pts.negative)
-    if n > MAX_POINTS:
-        raise ValueError(f"P3S: points: {n} points; the Point Picker allows at most {MAX_POINTS}.")
-    pts.validate()
-    pts = pts.rescaled(W, H)
+    pts = PointSet.for_image(points_text, W, H)
     scale = min(1.0, PREVIEW_SIDE / max(W, H))
     w, h = max(1, round(W * scale)), max(1, round(H * scale))
-    im = im.convert("RGB")
     if (w, h) != (W, H):
         im = im.resize((w, h), Image.BILINEAR)
     img = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)
-    sel = select_subject(img, pts.rescaled(w, h))
+    sel = select_subject(img, pts.rescaled(w, h), split_touching=split_touching)
     mask = (sel.mask > 0.5).numpy()
     buf = io.BytesIO()
     Image.fromarray((mask * 255).astype(np.uint8), "L").save(buf, "PNG", optimize=True)
@@ -151,6 +167,29 @@ def _compute(path: str, points_text: str) -> dict:
     }
 
 
+async def _read_body(request) -> dict:
+    """The JSON object of the request, read at most MAX_BODY_BYTES far (413 beyond that, 400 if not JSON)."""
+    too_big = RouteError(413, f"select: the request body is larger than {MAX_BODY_BYTES // 1024} KB; a preview "
+                              "request is an image name and a few points.")
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise too_big
+    raw = b""
+    while True:
+        chunk = await request.content.readany()
+        if not chunk:
+            break
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise too_big
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise RouteError(400, "select: the request body is not JSON.")
+    if not isinstance(body, dict):
+        raise RouteError(400, 'select: the request body must be a JSON object {"image", "points"}.')
+    return body
+
+
 async def select_handler(request):
     from aiohttp import web
 
@@ -158,16 +197,12 @@ async def select_handler(request):
         return web.json_response({"error": message}, status=status)
 
     try:
-        try:
-            body = await request.json()
-        except Exception:  # noqa: BLE001
-            raise RouteError(400, "select: the request body is not JSON.")
-        if not isinstance(body, dict):
-            raise RouteError(400, 'select: the request body must be a JSON object {"image", "points"}.')
+        body = await _read_body(request)
         path = resolve_image_path(body.get("image"))
         text = _points_text(body.get("points"))
+        split = _split_option(body.get("split_touching"))
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(None, _compute, path, text)
+        result = await loop.run_in_executor(None, _compute, path, text, split)
         return web.json_response(result)
     except RouteError as e:
         return fail(e.status, e.message)
@@ -176,7 +211,7 @@ async def select_handler(request):
         return fail(400, msg if msg.startswith("P3S:") else f"P3S: select: {msg}")
     except Exception as e:  # noqa: BLE001 - never a bare 500 page for the widget
         log.exception("P3S: /p3s/select failed")
-        return fail(500, f"P3S: select: internal error ({type(e).__name__}: {e}); see the server log.")
+        return fail(500, f"P3S: select: internal error ({type(e).__name__}); see the server log.")
 
 
 def register_routes() -> bool:

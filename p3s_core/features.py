@@ -1,4 +1,4 @@
-"""Patch features for RNGR selection: a weight-free built-in feature and the CLIP patch grid.
+"""Patch features for the selection (``rngr``): a weight-free built-in feature and the CLIP patch grid.
 
 The built-in feature exists so selection works with no model at all (DESIGN.md section 1, step 1).
 Its channels are our choice (the paper uses CLIP patch tokens): Lab colour mean and spread,
@@ -71,9 +71,11 @@ def _pool(x: torch.Tensor, stride: int) -> torch.Tensor:
     return F.avg_pool2d(x, 2 * stride + 1, stride=stride, padding=stride, count_include_pad=False)
 
 
-def builtin_features_chw(x: torch.Tensor, cell: int = 4) -> torch.Tensor:
-    """Weight-free features of a working-resolution image [1, 3, h, w] -> [D, h/cell, w/cell]."""
-    lab = rgb_to_lab(x)
+def builtin_features_chw(x: torch.Tensor, cell: int = 4, lab: torch.Tensor | None = None) -> torch.Tensor:
+    """Weight-free features of a working-resolution image [1, 3, h, w] -> [D, h/cell, w/cell].
+
+    ``lab``: the same image already converted by :func:`rgb_to_lab` (saves converting it twice)."""
+    lab = rgb_to_lab(x) if lab is None else lab
     L = lab[:, :1]
     # Sobel gradients of lightness: texture energy and undirected orientation (doubled angle).
     kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]]).view(1, 1, 3, 3) / 8

@@ -142,6 +142,7 @@ def test_external_feature_grid_uses_cosine():
     f[4:10, 2:6, 1] = 5.0
     f[4:10, 10:14, 1] = 5.0
     img = torch.full((160, 160, 3), 0.5)
+    img[40:100, 20:60] = img[40:100, 100:140] = torch.tensor([0.8, 0.4, 0.2])  # what the grid describes
     sel = select_subject(img, PointSet.from_pixels(positive=[(40, 70)], width=160, height=160), f, dilation=0)
     m = sel.mask
     assert m[70, 40] == 1 and m[70, 120] == 0
