@@ -11,6 +11,7 @@ import ast
 import json
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -109,7 +110,9 @@ def _loads(text: str) -> Any:
     except (ValueError, RecursionError):
         pass
     try:
-        return ast.literal_eval(text)
+        with warnings.catch_warnings():  # odd escapes in hostile text: a refusal, not log noise
+            warnings.simplefilter("ignore")
+            return ast.literal_eval(text)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         raise _bad_text(text) from None
 

@@ -19,6 +19,30 @@ from scipy import ndimage
 from .similarity import gaussian_blur
 
 
+def grow(mask: np.ndarray, n: float) -> np.ndarray:
+    """Dilation by a disc of radius ``n`` px (a distance transform: the cost does not grow with ``n``)."""
+    if n <= 0 or not mask.any():
+        return mask.copy()
+    return ndimage.distance_transform_edt(~mask) <= n
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with every background region that does not reach the image border filled (one labelling
+    pass; scipy's binary_fill_holes iterates a dilation across the whole background)."""
+    ids, n = ndimage.label(~mask)
+    if n == 0:
+        return mask.copy()
+    border = np.unique(np.concatenate([ids[0], ids[-1], ids[:, 0], ids[:, -1]]))
+    return mask | (~np.isin(ids, border) & (ids > 0))
+
+
+def shrink(mask: np.ndarray, n: float) -> np.ndarray:
+    """Erosion by a disc of radius ``n`` px; outside the image counts as inside (no border erosion)."""
+    if n <= 0:
+        return mask.copy()
+    return ndimage.distance_transform_edt(mask) > n
+
+
 def _box_sum_1d(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:
     """Sum over a window of 2r+1 along ``dim`` (inside the image only), by cumulative sums: O(1) a pixel."""
     n = x.shape[dim]
@@ -64,8 +88,8 @@ def refine_region(lab: torch.Tensor, region: np.ndarray, band: int, radius: int,
     2 x ``thin`` x that half-thickness wide) of the subject's colour are added too: legs, tails,
     antennae that the patch features blur away.
     """
-    inner = ndimage.binary_erosion(region, iterations=band, border_value=1)
-    outer = ndimage.binary_dilation(region, iterations=band)
+    inside, outside = ndimage.distance_transform_edt(region), ndimage.distance_transform_edt(~region)
+    inner, outer = inside > band, outside <= band
     if not inner.any():  # a thin region has no sure inside: its own pixels are the model
         inner = region
     if outer.all():
@@ -75,17 +99,27 @@ def refine_region(lab: torch.Tensor, region: np.ndarray, band: int, radius: int,
     raw = _nll(lab, bg, radius) - _nll(lab, fg, radius)
     vote = gaussian_blur(raw[None, None], smooth)[0, 0].numpy() > 0
     out = inner | (outer & ~inner & vote)
-    depth = float(ndimage.distance_transform_edt(region).max())
+    depth = float(inside.max())
     thin, reach = max(2, round(thin * depth)), round(reach * depth)
     if reach > band:
         # Unsmoothed vote: smoothing would drown a limb a few pixels wide in the background around it.
-        far = (raw.numpy() > 0) & ~inner & ndimage.binary_dilation(region, iterations=reach)
-        limbs = far & ~ndimage.binary_opening(far, iterations=thin)
-        limbs = ndimage.binary_opening(limbs, np.ones((2, 2), bool))  # no single-pixel noise
-        grown = out | limbs
-        lab_ids, _ = ndimage.label(grown)
-        out = np.isin(lab_ids, np.unique(lab_ids[out]))
+        far = (raw.numpy() > 0) & ~inner & (outside <= reach)
+        out |= _limbs(far & ~grow(shrink(far, thin), thin), out, max(6, round(depth)))
     return out
+
+
+def _limbs(cand: np.ndarray, body: np.ndarray, min_size: int) -> np.ndarray:
+    """The thin candidate pieces that reach ``body`` (across a gap of up to 3 px, where the edge
+    blends the two colours) and are at least ``min_size`` px (a limb is long; noise is a speck),
+    with the gap bridged."""
+    ids, n = ndimage.label(cand, np.ones((3, 3), bool))
+    sizes = np.bincount(ids.ravel(), minlength=n + 1)
+    touching = np.unique(ids[cand & grow(body, 3)])
+    keep = np.isin(ids, touching[(touching > 0) & (sizes[touching] >= min_size)])
+    if not keep.any():
+        return keep
+    bridge = shrink(grow(body | keep, 3), 3) & grow(keep, 3)
+    return keep | bridge
 
 
 def _solve_sym3(s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -120,15 +154,27 @@ def upsample_mask(mask: np.ndarray, small: torch.Tensor, image: torch.Tensor, r:
                   eps: float = 1e-3) -> torch.Tensor:
     """Working-resolution mask [h, w] -> [H, W] 0/1 float whose edges follow ``image`` ([H, W, 3]).
 
-    ``small``: the image at the working resolution, [1, 3, h, w], the guide the coefficients are
-    fitted on. Where image and mask have the same size this is the mask itself.
+    ``small``: the image at the working resolution, [1, 3, h, w], the guide the coefficients are fitted
+    on. Away from the boundary the mask is just repeated; only pixels within ``r`` working pixels of the
+    boundary evaluate the guided filter at full resolution, so the cost follows the boundary's length,
+    not the image's size. Where image and mask have the same size this is the mask itself.
     """
     H, W = image.shape[:2]
     m = torch.from_numpy(mask.astype(np.float32))[None, None]
     if (H, W) == tuple(mask.shape):
         return m[0, 0]
     a, b = guided_coefficients(small, m, r, eps)
-    a = F.interpolate(a, size=(H, W), mode="bilinear", align_corners=False)[0]
-    b = F.interpolate(b, size=(H, W), mode="bilinear", align_corners=False)[0, 0]
-    q = torch.einsum("chw,hwc->hw", a, image[..., :3].float()) + b
-    return (q > 0.5).float()
+    out = F.interpolate(m, size=(H, W), mode="nearest")[0, 0]
+    t = torch.from_numpy(mask)[None, None].float()
+    k = 2 * r + 1  # a square band is fine here, and max pooling is cheap for a small r
+    band = (F.max_pool2d(t, k, 1, r) > 0) & (-F.max_pool2d(-t, k, 1, r) < 1)
+    band_full = F.interpolate(band.float(), size=(H, W), mode="nearest")[0, 0] > 0
+    ys, xs = torch.nonzero(band_full, as_tuple=True)
+    if ys.numel() == 0:
+        return out
+    grid = torch.stack([(xs.float() + 0.5) / W * 2 - 1, (ys.float() + 0.5) / H * 2 - 1], -1).view(1, -1, 1, 2)
+    coef = F.grid_sample(torch.cat([a, b], 1), grid, mode="bilinear", padding_mode="border",
+                         align_corners=False)[0, :, :, 0]  # [4, N]
+    q = (coef[:3] * image[ys, xs, :3].float().t()).sum(0) + coef[3]
+    out[ys, xs] = (q > 0.5).float()
+    return out

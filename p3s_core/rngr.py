@@ -18,9 +18,8 @@ fill touch the full image, so time hardly grows with image size or texture.
 """
 from __future__ import annotations
 
+import functools
 import logging
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -29,7 +28,7 @@ from scipy import ndimage
 from .features import as_hwc, builtin_features_chw, downsample, rgb_to_lab
 from .fill import FILL_MODES, background_estimate, check_fill, compose, fill_outside
 from .points import PointSet
-from .refine import refine_region, upsample_mask
+from .refine import fill_holes, grow, refine_region, upsample_mask
 from .similarity import gaussian_blur, otsu_threshold, similarity_map
 from .split import edge_strength, split_lookalikes
 
@@ -48,16 +47,34 @@ _EMPTY = (
 )
 
 
-@dataclass
 class Selection:
-    """Result of :func:`select_subject`; masks are float 0/1 at image size."""
+    """Result of :func:`select_subject`; masks are float 0/1 at image size.
 
-    mask: torch.Tensor  # [H, W] expanded subject mask
-    subject_image: torch.Tensor  # [H, W, 3] image with everything outside ``mask`` filled
-    similarity: torch.Tensor  # [h, w] smoothed similarity score on the patch grid
-    base_mask: torch.Tensor  # [H, W] mask before expansion
-    lookalike: torch.Tensor | None = None  # [H, W] everything subject-like (the fill avoids it)
-    points: PointSet = field(default_factory=PointSet)  # points in this image's pixels
+    ``subject_image`` and ``lookalike`` are made on first use (the live preview needs only the mask);
+    pass them, or functions that make them, to the constructor.
+    """
+
+    def __init__(self, mask: torch.Tensor, subject_image=None, similarity: torch.Tensor | None = None,
+                 base_mask: torch.Tensor | None = None, lookalike=None, points: PointSet | None = None):
+        self.mask = mask  # [H, W] (expanded) subject mask
+        self.similarity = mask if similarity is None else similarity  # [h, w] smoothed score on the patch grid
+        self.base_mask = mask if base_mask is None else base_mask  # [H, W] mask before expansion
+        self.points = points if points is not None else PointSet()  # points in this image's pixels
+        self._subject, self._lookalike = subject_image, lookalike
+
+    @property
+    def subject_image(self) -> torch.Tensor:
+        """[H, W, 3] the image with everything outside ``mask`` filled."""
+        if callable(self._subject):
+            self._subject = self._subject()
+        return self._subject
+
+    @property
+    def lookalike(self) -> torch.Tensor | None:
+        """[H, W] everything subject-like, look-alikes included (the blur fill avoids it), or None."""
+        if callable(self._lookalike):
+            self._lookalike = self._lookalike()
+        return self._lookalike
 
 
 MIN_SIDE = 8  # px: below this there is nothing to select points on
@@ -103,7 +120,7 @@ def _regions_at(mask: np.ndarray, cells: list[tuple[int, int]]) -> np.ndarray:
     """The connected regions of ``mask`` that contain any of ``cells``, holes filled."""
     lab, _ = ndimage.label(mask)
     ids = {int(lab[r, c]) for r, c in cells} - {0}
-    return ndimage.binary_fill_holes(np.isin(lab, list(ids))) if ids else np.zeros_like(mask)
+    return fill_holes(np.isin(lab, list(ids))) if ids else np.zeros_like(mask)
 
 
 def _similar_region(x: torch.Tensor, lab: torch.Tensor, features, pts: PointSet, grid: int):
@@ -183,17 +200,19 @@ def select_subject(
     pos, neg = pts.to_grid(h, w)
     region = _subject_region(lab, alike, pos, neg, split_touching)
     radius = dilation * max(h, w)
-    expanded = ndimage.distance_transform_edt(~region) <= radius if radius > 0 else region
+    expanded = grow(region, radius)
     mask = upsample_mask(expanded, x, img)
     base_mask = upsample_mask(region, x, img) if radius > 0 else mask
     # Everything that looks like the subject (look-alikes included), slightly grown: the blur fill must
-    # not paint their colours back into the background.
-    alike_small = ndimage.binary_dilation(alike | region, iterations=int(radius) + max(2, round(0.03 * max(h, w))))
-    if fill == "blur":
-        subject = compose(img, mask, background_estimate(x, torch.from_numpy(alike_small)))
-    else:
-        subject = fill_outside(img, mask, fill)
-    return Selection(mask=mask, subject_image=subject, lookalike=_upsample_plain(alike_small, H, W),
+    # not paint their colours back into the background. Made on first use, like the fill.
+    alike_small = functools.cache(lambda: grow(alike | region, radius + max(2, round(0.03 * max(h, w)))))
+
+    def subject() -> torch.Tensor:
+        if fill == "blur":  # the background estimate from the working resolution: no full-size pass
+            return compose(img, mask, background_estimate(x, torch.from_numpy(alike_small())))
+        return fill_outside(img, mask, fill)
+
+    return Selection(mask=mask, subject_image=subject, lookalike=lambda: _upsample_plain(alike_small(), H, W),
                      similarity=score, base_mask=base_mask, points=pts)
 
 

@@ -6,14 +6,15 @@ shading line often runs along it. So the region is seen as a landscape: its thic
 the region's boundary), lowered along image edges. Each look-alike is a hill of its own, with a
 pass (the neck) between.
 
-1. The clicked body: the hill under each positive point, its height ``T`` = the body's half-thickness.
+1. The clicked body: the hill under each positive point (climbed from the click), its height ``T``.
 2. Other bodies: hills at least ``ALIKE`` x as high (thinner parts, such as legs, tails, ears, a head,
    are never look-alikes) and far enough from the click (``APART`` x ``T``) to be another body, not
    a lobe of this one. Negative points mark other bodies too.
 3. A marker watershed splits the region between those hills along the passes.
-4. A body joins the clicked side again when the pass to it is nearly as high as the lower of the two
-   hills (``NECK`` x: no real neck, e.g. the far end of one long body); otherwise it is cut off.
-   A body a negative point marks is always cut off.
+4. A body joins the clicked side again only when the pass to it is as high as the lower of the two
+   hills (``NECK``: no neck and no edge at all, e.g. the far end of one long body); otherwise it is cut
+   off (bench/selection.py measured cutting as the better default for touching look-alikes). A body a
+   negative point marks is always cut off.
 """
 from __future__ import annotations
 
@@ -26,9 +27,8 @@ Cell = tuple[int, int]
 
 ALIKE = 0.75  # a hill at least this x the clicked body's height may be another body
 APART = 1.6  # ... when at least this x that height away from the click
-NECK = 0.9  # a pass at least this x the lower hill joins the two (manual negative points: NEG_NECK)
-NEG_NECK = 0.6
-EDGE_WEIGHT = 0.6  # how much an image edge lowers the landscape (0 = shape alone)
+NECK = 1.0  # a pass as high as the lower hill (a plateau: one long body) joins the two
+EDGE_WEIGHT = 1.0  # how much an image edge lowers the landscape (0 = shape alone)
 
 
 def edge_strength(lab: torch.Tensor, region: np.ndarray) -> np.ndarray:
@@ -47,22 +47,34 @@ def _landscape(region: np.ndarray, edge: np.ndarray | None) -> np.ndarray:
     return dt if edge is None else dt * (1 - EDGE_WEIGHT * ndimage.gaussian_filter(edge, 1.0))
 
 
-def _clicked_height(land: np.ndarray, cells: list[Cell]) -> float:
-    """Height of the hill under the clicks: the highest ground within two of its own depths of a click."""
-    best = 0.0
-    for r, c in cells:
-        reach = int(max(3.0, 2 * land[r, c]))
-        best = max(best, float(land[max(0, r - reach):r + reach + 1, max(0, c - reach):c + reach + 1].max()))
-    return best
+def _top(land: np.ndarray, cell: Cell) -> Cell:
+    """Where the clicked body is measured: the click itself when it is deep inside the body (at least
+    half as high as the top of its hill), else that top (a click near the edge of a body)."""
+    top = _climb(land, cell)
+    return cell if land[cell] >= 0.5 * land[top] else top
 
 
-def _other_bodies(land: np.ndarray, pos: list[Cell], height: float) -> list[Cell]:
-    """Hill tops high enough and far enough from every positive click to be another body."""
+def _climb(land: np.ndarray, cell: Cell) -> Cell:
+    """The top of the hill under ``cell``: steepest ascent to a local maximum of ``land``."""
+    r, c = cell
+    h, w = land.shape
+    while True:
+        r0, c0 = max(r - 1, 0), max(c - 1, 0)
+        win = land[r0:r + 2, c0:c + 2]
+        i, j = np.unravel_index(int(np.argmax(win)), win.shape)
+        if win[i, j] <= land[r, c]:
+            return r, c
+        r, c = r0 + int(i), c0 + int(j)
+
+
+def _other_bodies(land: np.ndarray, tops: list[Cell]) -> list[Cell]:
+    """Hill tops high enough and far enough from the clicked hills' ``tops`` to be another body."""
+    height = max(float(land[t]) for t in tops)
     size = max(3, int(height) | 1)
-    tops = (land >= ALIKE * height) & (land >= 2) & (land == ndimage.maximum_filter(land, size=size))
+    peaks = (land >= ALIKE * height) & (land >= 2) & (land == ndimage.maximum_filter(land, size=size))
     out = []
-    for r, c in zip(*np.nonzero(tops)):
-        if all((r - pr) ** 2 + (c - pc) ** 2 >= (APART * height) ** 2 for pr, pc in pos):
+    for r, c in zip(*np.nonzero(peaks)):
+        if all((r - tr) ** 2 + (c - tc) ** 2 >= (APART * height) ** 2 for tr, tc in tops):
             out.append((int(r), int(c)))
     return out
 
@@ -129,19 +141,19 @@ def split_lookalikes(region: np.ndarray, pos: list[Cell], neg: list[Cell], auto:
     if not pos:
         return np.zeros_like(region)
     land = _landscape(keep, None if edge is None else edge[crop])
-    others = _other_bodies(land, pos, _clicked_height(land, pos)) if auto else []
-    kinds = ["pos"] * len(pos) + ["neg"] * len(neg) + ["other"] * len(others)
+    others = _other_bodies(land, [_top(land, p) for p in pos]) if auto else []
     if not neg and not others:
         return region
+    cells = others + pos + neg
+    kinds = ["other"] * len(others) + ["pos"] * len(pos) + ["neg"] * len(neg)
     markers = np.zeros(keep.shape, np.int32)
-    for i, (r, c) in enumerate(pos + neg + others):
-        markers[r, c] = i + 1  # later wins: a negative point on a positive one cancels it
-    kinds = [kinds[int(markers[r, c]) - 1] if markers[r, c] == i + 1 else "gone"
-             for i, (r, c) in enumerate(pos + neg + others)]
+    for i, (r, c) in enumerate(cells):
+        markers[r, c] = i + 1  # later wins: a click beats a found body, a negative point on a positive cancels it
+    kinds = [k if markers[cell] == i + 1 else "gone" for i, (k, cell) in enumerate(zip(kinds, cells))]
     basins = flood(keep, land, markers)
     k = len(kinds) + 1
     peak = np.asarray(ndimage.maximum(land, basins, index=np.arange(k)), dtype=float)
-    side = _join(kinds, _passes(basins, land, k), peak, NECK if auto else NEG_NECK)
+    side = _join(kinds, _passes(basins, land, k), peak, NECK)
     out = np.zeros_like(region)
     out[crop] = keep & np.isin(basins, list(side))
     return out

@@ -102,3 +102,114 @@ def test_to_grid_cells():
     pos, neg = ps.to_grid(16, 16)
     assert pos == [(0, 0), (7, 15)]
     assert neg == [(15, 15)]  # the far edge clamps into the last cell
+
+
+# --- bounds and hostile input (issue 14): every failure is a "P3S:" ValueError, never a traceback ---
+
+def test_too_many_points_refused_everywhere_fast():
+    import time
+
+    from p3s_core.points import MAX_POINTS
+    many = [{"x": 1, "y": 1}] * 100_000
+    cases = [lambda: PointSet.from_json(json.dumps(many), width=8, height=8),
+             lambda: PointSet.from_json(json.dumps({"positive": many[:40], "negative": many[:40]}), 8, 8),
+             lambda: PointSet.from_pixels(positive=[(1, 1)] * 100_000, width=8, height=8),
+             lambda: PointSet([(1.0, 1.0)] * (MAX_POINTS + 1), [], 8, 8).validate()]
+    for make in cases:
+        t0 = time.perf_counter()
+        with pytest.raises(ValueError, match=r"^P3S: points: .*at most"):
+            make()
+        assert time.perf_counter() - t0 < 1.0  # refused before any per-point work (issue 14: within a second)
+    ok = PointSet.from_pixels(positive=[(1, 1)] * MAX_POINTS, width=8, height=8).validate()
+    assert len(ok.positive) == MAX_POINTS
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("[" * 100_000, "characters long"),
+    ("[" * 5_000, "not valid JSON"),
+    ("{" * 3_000, "not valid JSON"),
+    ('[{"x": ' + "9" * 5000 + ', "y": 1}]', "NaN/inf"),
+    ("{'positive': [{'x': " + "9" * 5000 + ", 'y': 1}]}", "not valid JSON"),
+    ('{"positive": ' + "[" * 900 + "]" * 900 + "}", "expected"),
+    ('{"positive": [{"x": [' * 300 + "]}]" * 300 + "}", "P3S: points"),
+    ('"just a string"', "expected a JSON object or list"),
+    ("[1, 2, 3]", "expected"),
+    ('{"width": true, "positive": []}', "not a number"),
+    ('{"width": 1e400, "height": 5, "positive": [{"x": 1, "y": 1}]}', "NaN/inf"),
+])
+def test_hostile_points_text_gives_a_p3s_message(text, fragment):
+    with pytest.raises(ValueError) as e:
+        PointSet.for_image(text, 64, 48)
+    msg = str(e.value)
+    assert msg.startswith("P3S: points") and fragment in msg and len(msg) < 600
+
+
+def test_for_image_is_the_one_preparation():
+    ps = PointSet.for_image('{"width": 32, "height": 32, "positive": [{"x": 16, "y": 8}]}', 64, 64)
+    assert ps.positive == [(32.0, 16.0)] and (ps.width, ps.height) == (64, 64)
+    same = PointSet.for_image(PointSet.from_pixels(positive=[(16, 8)]), 64, 64)
+    assert same.positive == [(16.0, 8.0)] and (same.width, same.height) == (64, 64)
+    with pytest.raises(ValueError, match="no positive point"):
+        PointSet.for_image(None, 64, 64)
+
+
+def _random_json(rng, depth=0):
+    kind = rng.integers(0, 9 if depth < 4 else 5)
+    if kind == 0:
+        return float(rng.choice([0, 1, -1, 1e308, -1e308, 3.5, 1e-300]))
+    if kind == 1:
+        return int(rng.integers(-10**6, 10**6))
+    if kind == 2:
+        return "".join(chr(int(c)) for c in rng.integers(0, 0x3000, size=rng.integers(0, 12)))
+    if kind == 3:
+        return [None, True, False][int(rng.integers(0, 3))]
+    if kind == 4:
+        return {"x": _random_json(rng, depth + 1), "y": _random_json(rng, depth + 1)}
+    if kind in (5, 6):
+        return [_random_json(rng, depth + 1) for _ in range(int(rng.integers(0, 5)))]
+    keys = ["width", "height", "positive", "negative", "x", "y", "points", ""]
+    return {str(rng.choice(keys)): _random_json(rng, depth + 1) for _ in range(int(rng.integers(0, 5)))}
+
+
+def _mutate(rng, text: str) -> str:
+    chars = list(text)
+    for _ in range(int(rng.integers(1, 6))):
+        op = rng.integers(0, 5)
+        i = int(rng.integers(0, len(chars) + 1))
+        if op == 0 and chars:
+            del chars[min(i, len(chars) - 1)]
+        elif op == 1:
+            chars.insert(i, str(rng.choice(list('[]{}",:.-eE0123456789nN \\\x00\'') + ["NaN", "Infinity", "1e999"])))
+        elif op == 2:
+            chars = chars[:i]
+        elif op == 3 and chars:
+            j = int(rng.integers(0, len(chars)))
+            chars[i % len(chars)], chars[j] = chars[j], chars[i % len(chars)]
+        else:
+            chars.insert(i, "9" * int(rng.integers(1, 6000)))
+    return "".join(chars)
+
+
+def test_points_parser_fuzz():
+    """Random and mutated points JSON (issue 14): either points or a clear P3S error, nothing else."""
+    import numpy as np
+
+    rng = np.random.default_rng(14)
+    valid = PointSet.from_pixels(positive=[(10, 12), (30.5, 7)], negative=[(50, 40)], width=64, height=48).to_json()
+    seen = {"ok": 0, "refused": 0}
+    for i in range(3000):
+        if i % 3 == 0:
+            text = json.dumps(_random_json(rng))
+        elif i % 3 == 1:
+            text = _mutate(rng, valid)
+        else:
+            text = _mutate(rng, json.dumps(_random_json(rng)))
+        try:
+            ps = PointSet.for_image(text, 64, 48)
+        except ValueError as e:
+            assert str(e).startswith("P3S: points"), (text[:200], e)
+            seen["refused"] += 1
+            continue
+        assert ps.positive and all(0 <= x <= 64 and 0 <= y <= 48 for x, y in ps.positive + ps.negative)
+        seen["ok"] += 1
+    assert seen["ok"] > 30 and seen["refused"] > 1000, seen
