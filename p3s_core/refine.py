@@ -26,6 +26,13 @@ def grow(mask: np.ndarray, n: float) -> np.ndarray:
     return ndimage.distance_transform_edt(~mask) <= n
 
 
+def shrink(mask: np.ndarray, n: float) -> np.ndarray:
+    """Erosion by a disc of radius ``n`` px; outside the image counts as inside (no border erosion)."""
+    if n <= 0:
+        return mask.copy()
+    return ndimage.distance_transform_edt(mask) > n
+
+
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """``mask`` with every background region that does not reach the image border filled (one labelling
     pass; scipy's binary_fill_holes iterates a dilation across the whole background)."""
@@ -34,13 +41,6 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
         return mask.copy()
     border = np.unique(np.concatenate([ids[0], ids[-1], ids[:, 0], ids[:, -1]]))
     return mask | (~np.isin(ids, border) & (ids > 0))
-
-
-def shrink(mask: np.ndarray, n: float) -> np.ndarray:
-    """Erosion by a disc of radius ``n`` px; outside the image counts as inside (no border erosion)."""
-    if n <= 0:
-        return mask.copy()
-    return ndimage.distance_transform_edt(mask) > n
 
 
 def _box_sum_1d(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:

@@ -1,25 +1,30 @@
 """The selection: clicked points -> subject mask -> subject-only reference (DESIGN.md section 1).
 
-The paper calls this step the RNGR-Encoder; its job is to Reduce Negative information: keep the
-clicked subject and drop everything else, the look-alike next to it above all. The steps, each in
-its own module:
+The paper calls this component the "RNGR-Encoder". The material this project has does not expand the
+acronym; DESIGN.md reads its job as reducing negative information: keep the clicked subject, drop
+everything else, the look-alike next to it above all. The code calls it what it does, the selection;
+this module keeps the paper's name so the public API (``p3s_core.rngr.select_subject``) stays. Steps:
 
 1. patch features of the image (``features``: a CLIP patch grid, or the built-in colour/texture ones);
 2. similarity of every patch to the patches under the positive points, lowered where a negative
    point matches better, smoothed, Otsu-thresholded (``similarity``);
 3. the connected region(s) under the positive points: connectivity, not the features, separates two
-   look-alikes; touching look-alikes are cut at the neck between them (``split``);
-4. edge-aware boundary: pixels near the boundary re-decided by colour, then a guided upsampling to
-   image size (``refine``); a click deep inside a subject always ends inside the mask;
-5. everything outside the (slightly expanded) mask removed (``fill``).
+   look-alikes;
+4. its boundary re-decided pixel by pixel by colour, thin parts of the subject's colour (legs, a tail)
+   added (``refine``);
+5. touching look-alikes cut off at the neck or outline between them (``split``); a click deep inside a
+   subject always ends inside the mask (if all else fails, the colour region grown from the click);
+6. the mask brought to image size along the image's edges (``refine.upsample_mask``) and everything
+   outside it removed (``fill``, made on first use).
 
-Heavy work runs at a fixed working resolution (long side ``work_side``); only the final mask and the
-fill touch the full image, so time hardly grows with image size or texture.
+Steps 1-5 run at a fixed working resolution (long side ``work_side``); only step 6 touches the full
+image, and only along the mask's boundary, so time hardly grows with image size or texture.
 """
 from __future__ import annotations
 
 import functools
 import logging
+
 import numpy as np
 import torch
 import torch.nn.functional as F

@@ -181,3 +181,130 @@ def test_bad_request_shapes_are_400(server):
         status, body = server.request("POST", "/p3s/select", payload, {"Content-Type": "application/json"})
         assert status == 400, (payload, status, body)
         assert body["error"].startswith("P3S: ")
+
+
+# --- issue 14: bounded input, no raw tracebacks, no server paths; issue 13: the split option ---
+
+def _status_ok(status, body):
+    assert 400 <= status < 500, (status, body)
+    assert isinstance(body, dict) and body["error"].startswith("P3S: "), body
+
+
+def test_hostile_points_get_a_p3s_message_and_a_4xx(server, scene):
+    img = {"filename": "route_scene.png", "type": "input"}
+    cases = [("[" * 100_000, "longer than"),
+             (json.dumps([{"x": 1, "y": 1}] * 100_000), "request body is larger than"),  # 1.8 MB: 413
+             ('[{"x": ' + "9" * 5000 + ', "y": 3}]', "NaN/inf"),
+             ("[" * 3000, "not valid JSON"),
+             ({"positive": [{"x": 1, "y": 1}] * 65}, "at most 64")]
+    for points, fragment in cases:
+        status, body = _select(server, img, points)
+        _status_ok(status, body)
+        assert fragment in body["error"], (str(points)[:80], body)
+
+
+def test_too_small_and_flat_images_are_refused_the_same_way(server):
+    Image.new("RGB", (1, 1), (200, 30, 30)).save(server.base / "input" / "one_pixel.png")
+    status, body = _select(server, {"filename": "one_pixel.png", "type": "input"}, _points([(0.5, 0.5)]))
+    _status_ok(status, body)
+    assert "1x1 px" in body["error"] and "at least 8x8" in body["error"]
+    messages = set()
+    for i, colour in enumerate([(0, 0, 0), (255, 255, 255), (128, 128, 128), (255, 0, 0), (20, 120, 220)]):
+        Image.new("RGB", (96, 64), colour).save(server.base / "input" / f"flat_{i}.png")
+        status, body = _select(server, {"filename": f"flat_{i}.png", "type": "input"}, _points([(48, 32)]))
+        _status_ok(status, body)
+        messages.add(body["error"].split(" (RGB")[0])
+    assert messages == {"P3S: image: the image is one flat colour"}, messages
+
+
+def test_broken_files_are_4xx_without_server_paths(server, scene):
+    image, _, centers = scene
+    scenes.save_png(image, server.base / "input" / "whole.png")
+    data = (server.base / "input" / "whole.png").read_bytes()
+    (server.base / "input" / "truncated.png").write_bytes(data[: len(data) // 2])
+    (server.base / "input" / "notes.png").write_bytes(b"just some text, not an image\n" * 20)
+    (server.base / "input" / "empty.png").write_bytes(b"")
+    for name, fragment in (("truncated.png", "truncated or corrupt"), ("notes.png", "not an image"),
+                           ("empty.png", "not an image")):
+        status, body = _select(server, {"filename": name, "type": "input"}, _points([centers[0]]))
+        _status_ok(status, body)
+        assert fragment in body["error"] and name in body["error"], body
+        assert str(server.base) not in body["error"] and "/" not in body["error"].replace("/p3s", ""), body
+
+
+def test_oversized_body_is_413_not_not_json(server, scene):
+    body = json.dumps({"image": {"filename": "route_scene.png", "type": "input"}, "points": "[]",
+                       "padding": "x" * 400_000}).encode()
+    status, answer = server.request("POST", "/p3s/select", body, {"Content-Type": "application/json"})
+    assert status == 413, (status, answer)
+    assert answer["error"].startswith("P3S: ") and "larger than" in answer["error"]
+
+
+def test_split_option_reaches_the_selection(server):
+    image, masks, centers = scenes.two_subjects(256, 192, seed=3, touching=True)
+    scenes.save_png(image, server.base / "input" / "touching.png")
+    img = {"filename": "touching.png", "type": "input"}
+    areas = {}
+    for split in (None, True, False):
+        payload = {"image": img, "points": _points([centers[0]], w=256, h=192)}
+        if split is not None:
+            payload["split_touching"] = split
+        status, body = server.request("POST", "/p3s/select", payload)
+        assert status == 200, body
+        areas[split] = body["area"]
+    assert areas[None] == areas[True]  # on by default, as in the Point Picker
+    assert areas[False] > 1.5 * areas[True]  # off: the touching look-alike stays in
+    for bad in ("yes", 1, [True], {"on": True}):
+        status, body = server.request("POST", "/p3s/select", {"image": img, "points": _points([centers[0]]),
+                                                              "split_touching": bad})
+        _status_ok(status, body)
+        assert "split_touching" in body["error"]
+
+
+def _mutate(rng, text: str) -> str:
+    chars = list(text)
+    for _ in range(int(rng.integers(1, 5))):
+        i = int(rng.integers(0, len(chars) + 1))
+        op = int(rng.integers(0, 4))
+        if op == 0 and chars:
+            del chars[min(i, len(chars) - 1)]
+        elif op == 1:
+            chars.insert(i, str(rng.choice(list('[]{}",:.-e019 \\/%\x00') + ["NaN", "1e999", "..", "null"])))
+        elif op == 2:
+            chars = chars[:i]
+        else:
+            chars.insert(i, "9" * int(rng.integers(1, 5000)))
+    return "".join(chars)
+
+
+def test_preview_route_fuzz(server):
+    """Random and mutated request bodies (issue 14): every answer is a 200 or a 4xx with a P3S message,
+    never a 500; bounded in time."""
+    import time
+
+    image, _, centers = scenes.two_subjects(48, 40, seed=7)
+    scenes.save_png(image, server.base / "input" / "fuzz.png")
+    valid = {"image": {"filename": "fuzz.png", "subfolder": "", "type": "input"},
+             "points": _points([centers[0]], [centers[1]], w=48, h=40), "split_touching": True}
+    rng = np.random.default_rng(1414)
+    t0, seen = time.time(), {"ok": 0, "4xx": 0}
+    for i in range(2000):
+        if time.time() - t0 > 120:
+            break
+        text = json.dumps(valid)
+        if i % 4 == 1:
+            text = json.dumps(dict(valid, points=_mutate(rng, json.dumps(valid["points"]))))
+        elif i % 4 == 2:
+            text = _mutate(rng, text)
+        elif i % 4 == 3:
+            text = json.dumps({"image": dict(valid["image"], filename=_mutate(rng, "fuzz.png")),
+                               "points": _mutate(rng, json.dumps(valid["points"]))})
+        status, body = server.request("POST", "/p3s/select", text.encode("utf-8", "surrogatepass"),
+                                      {"Content-Type": "application/json"})
+        assert status < 500, (text[:300], status, body)
+        if status == 200:
+            seen["ok"] += 1
+        else:
+            _status_ok(status, body)
+            seen["4xx"] += 1
+    assert seen["ok"] > 50 and seen["4xx"] > 100 and sum(seen.values()) >= 400, seen
