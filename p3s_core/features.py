@@ -51,8 +51,12 @@ def downsample(image: torch.Tensor, long_side: int = 256) -> torch.Tensor:
     h, w = working_size(H, W, long_side)
     if (h, w) == (H, W):
         return x.contiguous()
-    if H % h == 0 and W % w == 0 and H // h == W // w:  # whole factor: plain pooling, the same but faster
-        return F.avg_pool2d(x, H // h)
+    if H % h == 0 and W % w == 0 and H // h == W // w:
+        # A whole factor: block means, summing whole rows first (contiguous memory) - the same as "area"
+        # resampling, several times faster on a channels-last image than pooling it.
+        k = H // h
+        rows = img.reshape(h, k, W, 3).sum(1)
+        return (rows.reshape(h, w, k, 3).sum(2) / (k * k)).permute(2, 0, 1).unsqueeze(0).contiguous()
     return F.interpolate(x, size=(h, w), mode="area")
 
 

@@ -43,6 +43,14 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return mask | (~np.isin(ids, border) & (ids > 0))
 
 
+def bbox(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
+    """The bounding box of ``mask``'s pixels grown by ``margin`` (clipped to the image), as slices."""
+    rows, cols = np.nonzero(mask)
+    h, w = mask.shape
+    return (slice(max(int(rows.min()) - margin, 0), min(int(rows.max()) + margin + 1, h)),
+            slice(max(int(cols.min()) - margin, 0), min(int(cols.max()) + margin + 1, w)))
+
+
 def _box_sum_1d(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:
     """Sum over a window of 2r+1 along ``dim`` (inside the image only), by cumulative sums: O(1) a pixel."""
     n = x.shape[dim]
@@ -61,20 +69,21 @@ def box_mean(x: torch.Tensor, r: int) -> torch.Tensor:
     return _box_sum_1d(_box_sum_1d(x, r, 3), r, 2) / (count_h * count_w)
 
 
-def _nll(x: torch.Tensor, weight: torch.Tensor, r: int, prior: float = 4.0) -> torch.Tensor:
-    """Negative log-likelihood [h, w] of every pixel of ``x`` [1, C, h, w] under a Gaussian colour model
-    of the ``weight`` pixels near it (window radius ``r``), shrunk towards their global model."""
+def _nll(x: torch.Tensor, weights: torch.Tensor, r: int, prior: float = 4.0) -> torch.Tensor:
+    """Negative log-likelihood [K, h, w] of every pixel of ``x`` [1, C, h, w] under a Gaussian colour
+    model of the pixels of each of the K masks ``weights`` [K, 1, h, w] near it (window radius ``r``),
+    shrunk towards that mask's global model where the window holds few of its pixels."""
     n = float((2 * r + 1) ** 2)
-    total = weight.sum().clamp_min(1.0)
-    g_mu = (x * weight).sum(dim=(2, 3), keepdim=True) / total
-    g_var = ((x - g_mu) ** 2 * weight).sum(dim=(2, 3), keepdim=True) / total
-    stats = box_mean(torch.cat([weight, x * weight, x * x * weight], dim=1), r) * n
+    total = weights.sum(dim=(2, 3), keepdim=True).clamp_min(1.0)
+    g_mu = (x * weights).sum(dim=(2, 3), keepdim=True) / total  # [K, C, 1, 1]
+    g_var = ((x - g_mu) ** 2 * weights).sum(dim=(2, 3), keepdim=True) / total
+    stats = box_mean(torch.cat([weights, x * weights, x * x * weights], dim=1), r) * n  # [K, 1 + 2C, h, w]
     c = x.shape[1]
     cnt, s1, s2 = stats[:, :1], stats[:, 1:1 + c], stats[:, 1 + c:]
     mu = (s1 + prior * g_mu) / (cnt + prior)
     var = (s2 + prior * (g_var + g_mu * g_mu)) / (cnt + prior) - mu * mu
     var = var.clamp_min(0) + 1e-3  # floor: sensor noise, and no division by ~0 on flat colours
-    return 0.5 * (((x - mu) ** 2) / var + var.log()).sum(1)[0]
+    return 0.5 * (((x - mu) ** 2) / var + var.log()).sum(1)
 
 
 def refine_region(lab: torch.Tensor, region: np.ndarray, band: int, radius: int, reach: float = 0.0,
@@ -86,26 +95,43 @@ def refine_region(lab: torch.Tensor, region: np.ndarray, band: int, radius: int,
     explains it better, after a light smoothing of that vote (``smooth`` px) so noise does not fray
     the edge. Up to ``reach`` x the region's half-thickness out, *thin* structures (at most about
     2 x ``thin`` x that half-thickness wide) of the subject's colour are added too: legs, tails,
-    antennae that the patch features blur away.
+    antennae that the patch features blur away. Works on the region's surroundings only.
     """
+    if not region.any():
+        return region
+    box = bbox(region, 1)
+    depth = float(ndimage.distance_transform_edt(region[box]).max())
+    thin, reach = max(2, round(thin * depth)), round(reach * depth)
+    box = bbox(region, max(band, reach) + radius + 2)
+    out = np.zeros_like(region)
+    out[box] = _refine_crop(lab[:, :, box[0], box[1]], region[box], band, radius, reach, thin, smooth, depth)
+    return out
+
+
+def _refine_crop(lab: torch.Tensor, region: np.ndarray, band: int, radius: int, reach: int, thin: int,
+                 smooth: float, depth: float) -> np.ndarray:
     inside, outside = ndimage.distance_transform_edt(region), ndimage.distance_transform_edt(~region)
     inner, outer = inside > band, outside <= band
     if not inner.any():  # a thin region has no sure inside: its own pixels are the model
         inner = region
     if outer.all():
         return region
-    fg = torch.from_numpy(inner.astype(np.float32))[None, None]
-    bg = torch.from_numpy((~outer).astype(np.float32))[None, None]
-    raw = _nll(lab, bg, radius) - _nll(lab, fg, radius)
+    raw = _vote(lab, inner, ~outer, radius)
     vote = gaussian_blur(raw[None, None], smooth)[0, 0].numpy() > 0
     out = inner | (outer & ~inner & vote)
-    depth = float(inside.max())
-    thin, reach = max(2, round(thin * depth)), round(reach * depth)
     if reach > band:
         # Unsmoothed vote: smoothing would drown a limb a few pixels wide in the background around it.
-        far = (raw.numpy() > 0) & ~inner & (outside <= reach)
-        out |= _limbs(far & ~grow(shrink(far, thin), thin), out, max(6, round(depth)))
+        cand = (raw.numpy() > 0) & ~out & (outside <= reach)
+        if cand.any():
+            out |= _limbs(cand & ~grow(shrink(cand, thin), thin), out, max(6, round(depth)))
     return out
+
+
+def _vote(x: torch.Tensor, fg: np.ndarray, bg: np.ndarray, r: int) -> torch.Tensor:
+    """[h, w]: how much better the local colour model of the ``fg`` pixels explains each pixel than that
+    of the ``bg`` pixels (log-likelihood ratio; > 0: subject)."""
+    nll = _nll(x, torch.from_numpy(np.stack([fg, bg]).astype(np.float32))[:, None], r)
+    return nll[1] - nll[0]
 
 
 def _limbs(cand: np.ndarray, body: np.ndarray, min_size: int) -> np.ndarray:
@@ -155,26 +181,35 @@ def upsample_mask(mask: np.ndarray, small: torch.Tensor, image: torch.Tensor, r:
     """Working-resolution mask [h, w] -> [H, W] 0/1 float whose edges follow ``image`` ([H, W, 3]).
 
     ``small``: the image at the working resolution, [1, 3, h, w], the guide the coefficients are fitted
-    on. Away from the boundary the mask is just repeated; only pixels within ``r`` working pixels of the
-    boundary evaluate the guided filter at full resolution, so the cost follows the boundary's length,
-    not the image's size. Where image and mask have the same size this is the mask itself.
+    on. Away from the boundary the mask is just repeated (nearest); only pixels within ``r`` working
+    pixels of the boundary evaluate the guided filter at full resolution, and the coefficients are
+    fitted around the mask only, so the cost follows the mask's size and boundary, not the image's.
     """
     H, W = image.shape[:2]
-    m = torch.from_numpy(mask.astype(np.float32))[None, None]
-    if (H, W) == tuple(mask.shape):
-        return m[0, 0]
-    a, b = guided_coefficients(small, m, r, eps)
-    out = F.interpolate(m, size=(H, W), mode="nearest")[0, 0]
-    t = torch.from_numpy(mask)[None, None].float()
+    h, w = mask.shape
+    if (H, W) == (h, w) or not mask.any():
+        return torch.from_numpy(mask.astype(np.float32)) if (H, W) == (h, w) else torch.zeros(H, W)
+    rs, cs = bbox(mask, 2 * r + 2)  # every window the two box passes need lies inside
+    m = torch.from_numpy(mask[rs, cs].astype(np.float32))[None, None]
+    a, b = guided_coefficients(small[:, :, rs, cs], m, r, eps)
+    # Full-resolution rows/columns whose nearest working pixel lies in the box (PyTorch's nearest rule).
+    r0, r1 = -(-rs.start * H // h), -(-rs.stop * H // h)
+    c0, c1 = -(-cs.start * W // w), -(-cs.stop * W // w)
+    src_r = torch.arange(r0, r1) * h // H - rs.start
+    src_c = torch.arange(c0, c1) * w // W - cs.start
+    out = torch.zeros(H, W)
+    out[r0:r1, c0:c1] = m[0, 0][src_r][:, src_c]
     k = 2 * r + 1  # a square band is fine here, and max pooling is cheap for a small r
-    band = (F.max_pool2d(t, k, 1, r) > 0) & (-F.max_pool2d(-t, k, 1, r) < 1)
-    band_full = F.interpolate(band.float(), size=(H, W), mode="nearest")[0, 0] > 0
-    ys, xs = torch.nonzero(band_full, as_tuple=True)
+    band = ((F.max_pool2d(m, k, 1, r) > 0) & (-F.max_pool2d(-m, k, 1, r) < 1))[0, 0]
+    ys, xs = torch.nonzero(band[src_r][:, src_c], as_tuple=True)
     if ys.numel() == 0:
         return out
-    grid = torch.stack([(xs.float() + 0.5) / W * 2 - 1, (ys.float() + 0.5) / H * 2 - 1], -1).view(1, -1, 1, 2)
-    coef = F.grid_sample(torch.cat([a, b], 1), grid, mode="bilinear", padding_mode="border",
-                         align_corners=False)[0, :, :, 0]  # [4, N]
+    ys, xs = ys + r0, xs + c0
+    # Sample the coefficients where the full-resolution pixel centres fall on the working grid.
+    gy = ((ys.float() + 0.5) * h / H - 0.5 - rs.start + 0.5) / (rs.stop - rs.start) * 2 - 1
+    gx = ((xs.float() + 0.5) * w / W - 0.5 - cs.start + 0.5) / (cs.stop - cs.start) * 2 - 1
+    coef = F.grid_sample(torch.cat([a, b], 1), torch.stack([gx, gy], -1).view(1, -1, 1, 2), mode="bilinear",
+                         padding_mode="border", align_corners=False)[0, :, :, 0]  # [4, N]
     q = (coef[:3] * image[ys, xs, :3].float().t()).sum(0) + coef[3]
     out[ys, xs] = (q > 0.5).float()
     return out

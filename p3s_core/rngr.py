@@ -35,7 +35,7 @@ from .fill import FILL_MODES, background_estimate, check_fill, compose, fill_out
 from .points import PointSet
 from .refine import fill_holes, grow, refine_region, upsample_mask
 from .similarity import gaussian_blur, otsu_threshold, similarity_map
-from .split import edge_strength, split_lookalikes
+from .split import split_lookalikes
 
 GRID = 64  # built-in feature grid, long side (cells)
 BAND = 5  # px at the working resolution: how far the colour refinement may move the boundary
@@ -171,7 +171,7 @@ def _subject_region(lab: torch.Tensor, alike: np.ndarray, pos: list, neg: list, 
 def _split(lab: torch.Tensor, region: np.ndarray, pos: list, neg: list, auto: bool) -> np.ndarray:
     if not region.any() or not (auto or any(region[r, c] for r, c in neg)):
         return region
-    return split_lookalikes(region, pos, neg, auto, edge_strength(lab, region))
+    return split_lookalikes(region, pos, neg, auto, lab)
 
 
 def select_subject(

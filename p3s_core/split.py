@@ -126,11 +126,11 @@ def _join(kinds: list[str], neck: np.ndarray, peak: np.ndarray, ratio: float) ->
 
 
 def split_lookalikes(region: np.ndarray, pos: list[Cell], neg: list[Cell], auto: bool = True,
-                     edge: np.ndarray | None = None) -> np.ndarray:
+                     lab: torch.Tensor | None = None) -> np.ndarray:
     """The part of ``region`` ([h, w] bool) that belongs to the body under the positive cells.
 
     ``auto``: also find unclicked look-alike bodies (else only negative points mark other bodies);
-    ``edge``: [h, w] 0..1 edge strength (``edge_strength``) that deepens the passes along outlines.
+    ``lab``: the image [1, 3, h, w] (Lab), whose edges deepen the passes along outlines (None: shape only).
     """
     rows, cols = np.nonzero(region)
     r0, c0 = max(int(rows.min()) - 1, 0), max(int(cols.min()) - 1, 0)
@@ -140,7 +140,7 @@ def split_lookalikes(region: np.ndarray, pos: list[Cell], neg: list[Cell], auto:
     neg = [(r - r0, c - c0) for r, c in neg if region[r, c]]
     if not pos:
         return np.zeros_like(region)
-    land = _landscape(keep, None if edge is None else edge[crop])
+    land = _landscape(keep, None if lab is None else edge_strength(lab[:, :, crop[0], crop[1]], keep))
     others = _other_bodies(land, [_top(land, p) for p in pos]) if auto else []
     if not neg and not others:
         return region
