@@ -1,6 +1,6 @@
 """Patch features for the selection (``rngr``): a weight-free built-in feature and the CLIP patch grid.
 
-The built-in feature exists so selection works with no model at all (DESIGN.md section 1, step 1).
+The built-in feature exists so selection works with no model at all (docs/design.md, section 1, step 1).
 Its channels are our choice (the paper uses CLIP patch tokens): Lab colour mean and spread,
 gradient energy and undirected orientation, each pooled over overlapping patches, z-scored per
 channel so no single statistic dominates the cosine similarity.

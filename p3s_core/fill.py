@@ -1,4 +1,4 @@
-"""Step 5 of the selection: remove everything outside the subject mask (DESIGN.md section 1).
+"""Step 5 of the selection: remove everything outside the subject mask (docs/design.md, section 1).
 
 How to fill is our choice (the paper does not say): ``blur`` paints a very wide blur of the
 background that ignores the subject and its look-alikes, ``flat`` paints mid grey.

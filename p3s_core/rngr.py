@@ -1,7 +1,7 @@
-"""The selection: clicked points -> subject mask -> subject-only reference (DESIGN.md section 1).
+"""The selection: clicked points -> subject mask -> subject-only reference (docs/design.md, section 1).
 
 The paper calls this component the "RNGR-Encoder". The material this project has does not expand the
-acronym; DESIGN.md reads its job as reducing negative information: keep the clicked subject, drop
+acronym; docs/design.md reads its job as reducing negative information: keep the clicked subject, drop
 everything else, the look-alike next to it above all. The code calls it what it does, the selection;
 this module keeps the paper's name so the public API (``p3s_core.rngr.select_subject``) stays. Steps:
 

@@ -2,7 +2,7 @@
 
 Similarity of every cell of a patch-feature grid to the features under the positive points (the max
 over points), pushed down where a negative point's features match better; then Gaussian smoothing
-and Otsu's threshold (DESIGN.md section 1, steps 2-3).
+and Otsu's threshold (docs/design.md, section 1, steps 2-3).
 """
 from __future__ import annotations
 
