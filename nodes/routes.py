@@ -4,7 +4,9 @@ Request JSON::
 
     {"image": {"filename": "x.png", "subfolder": "", "type": "input" | "temp" | "output"},
      "points": <points JSON string or object>,
-     "split_touching": true | false}      # optional, default true (as the Point Picker's option)
+     "options": {"split_touching": true | false, ...}}   # optional: the Point Picker's other widget values
+                                                          # (unknown names are ignored); a top-level
+                                                          # "split_touching" is accepted too. Default true.
 
 Answer (200)::
 
@@ -104,7 +106,11 @@ def _points_text(points) -> str:
     return points
 
 
-def _split_option(value) -> bool:
+def _split_option(body: dict) -> bool:
+    options = body.get("options")
+    if options is not None and not isinstance(options, dict):
+        raise RouteError(400, 'select: "options" must be an object of the Point Picker\'s widget values.')
+    value = body.get("split_touching", (options or {}).get("split_touching"))
     if value is None:
         return True
     if not isinstance(value, bool):
@@ -200,7 +206,7 @@ async def select_handler(request):
         body = await _read_body(request)
         path = resolve_image_path(body.get("image"))
         text = _points_text(body.get("points"))
-        split = _split_option(body.get("split_touching"))
+        split = _split_option(body)
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(None, _compute, path, text, split)
         return web.json_response(result)

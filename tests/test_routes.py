@@ -254,6 +254,13 @@ def test_split_option_reaches_the_selection(server):
         areas[split] = body["area"]
     assert areas[None] == areas[True]  # on by default, as in the Point Picker
     assert areas[False] > 1.5 * areas[True]  # off: the touching look-alike stays in
+    # What the widget sends: the node's other widget values under "options" (unknown names ignored).
+    status, body = server.request("POST", "/p3s/select", {"image": img, "points": _points([centers[0]], w=256, h=192),
+                                                          "options": {"split_touching": False, "other": 3}})
+    assert status == 200 and body["area"] == areas[False], body
+    status, body = server.request("POST", "/p3s/select", {"image": img, "points": _points([centers[0]]),
+                                                          "options": [False]})
+    _status_ok(status, body)
     for bad in ("yes", 1, [True], {"on": True}):
         status, body = server.request("POST", "/p3s/select", {"image": img, "points": _points([centers[0]]),
                                                               "split_touching": bad})
@@ -285,7 +292,7 @@ def test_preview_route_fuzz(server):
     image, _, centers = scenes.two_subjects(48, 40, seed=7)
     scenes.save_png(image, server.base / "input" / "fuzz.png")
     valid = {"image": {"filename": "fuzz.png", "subfolder": "", "type": "input"},
-             "points": _points([centers[0]], [centers[1]], w=48, h=40), "split_touching": True}
+             "points": _points([centers[0]], [centers[1]], w=48, h=40), "options": {"split_touching": True}}
     rng = np.random.default_rng(1414)
     t0, seen = time.time(), {"ok": 0, "4xx": 0}
     for i in range(2000):
