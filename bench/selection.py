@@ -21,7 +21,7 @@ baseline_iou=.. refused=.. worst_margin=.. ms_1024_flat=.. tex_ratio=..
 ``ms_1024`` is the textured image; ``baseline_iou`` the baseline's separated IoU; ``refused`` counts
 refusals over all families; ``worst_margin`` is min over families of (pack IoU - baseline IoU).
 
-Usage: python bench/selection.py [--scenes 40] [--size 512] [--seed 0] [--dreambooth GIT_DIR]
+Usage: python bench/selection.py [--scenes 40] [--size 512] [--seed 0] [--dreambooth GIT_DIR] [--threads 2]
 """
 from __future__ import annotations
 
@@ -228,8 +228,9 @@ def main() -> None:
     ap.add_argument("--dreambooth", type=Path, default=None,
                     help="git directory of a fetched google/dreambooth")
     ap.add_argument("--no-timing", action="store_true")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (the goal is for 2)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     t0 = time.time()
     figs, refused, margins = {}, 0, []
     for fam in args.families.split(","):
@@ -256,7 +257,7 @@ def main() -> None:
     if not args.no_timing:
         ms, ms_flat = timing()
         print(f"1024x1024, 1+1 points, median of 15: textured {ms:.1f} ms, flat {ms_flat:.1f} ms, "
-              f"ratio {ms / ms_flat:.2f} (2 threads; load average {os.getloadavg()[0]:.2f})")
+              f"ratio {ms / ms_flat:.2f} ({args.threads} threads; load average {os.getloadavg()[0]:.2f})")
         big_run()
     sep, tou = figs.get("separated", (0, 0, 0)), figs.get("touching", (0, 0, 0))
     print(f"selection separated_iou={sep[0]:.2f} separated_acc={sep[1]:.2f} touching_iou={tou[0]:.2f} "

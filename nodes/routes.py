@@ -27,8 +27,6 @@ import logging
 import os
 from urllib.parse import unquote
 
-from ..p3s_core.points import MAX_POINTS_TEXT
-
 log = logging.getLogger("P3S")
 
 MAX_SIDE = 4096  # pixels, either side
@@ -101,9 +99,7 @@ def _points_text(points) -> str:
             points = json.dumps(points)
         except (TypeError, ValueError, RecursionError):
             raise RouteError(400, "select: points are not JSON-serialisable.")
-    if len(points) > MAX_POINTS_TEXT:
-        raise RouteError(400, f"select: points text is longer than {MAX_POINTS_TEXT} characters.")
-    return points
+    return points  # bounded and parsed by PointSet.for_image, like the nodes' points
 
 
 def _split_option(body: dict) -> bool:

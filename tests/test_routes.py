@@ -192,7 +192,7 @@ def _status_ok(status, body):
 
 def test_hostile_points_get_a_p3s_message_and_a_4xx(server, scene):
     img = {"filename": "route_scene.png", "type": "input"}
-    cases = [("[" * 100_000, "longer than"),
+    cases = [("[" * 100_000, "characters long"),
              (json.dumps([{"x": 1, "y": 1}] * 100_000), "request body is larger than"),  # 1.8 MB: 413
              ('[{"x": ' + "9" * 5000 + ', "y": 3}]', "NaN/inf"),
              ("[" * 3000, "not valid JSON"),
