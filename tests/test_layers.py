@@ -25,8 +25,6 @@ OLD_TEST_HELPERS = {"tests", "conftest", "host", "scenes", "tiny_models", "suppo
 MAX_FILE_LINES = 400
 MAX_FUNCTION_LINES = 60
 LONG_REASON = "Why this is long:"
-# Files another open issue is rewriting; each entry is removed when that work is merged.
-REWRITTEN_ELSEWHERE: dict[str, str] = {}
 
 
 def _files(*roots: str) -> list[Path]:
@@ -111,8 +109,6 @@ def test_file_and_function_sizes():
     bad = []
     for path in _files("__init__.py", *RUNTIME, *TOOLS):
         rel = _rel(path)
-        if rel in REWRITTEN_ELSEWHERE:
-            continue
         text = path.read_text()
         if rel.split("/")[0] in RUNTIME and len(text.splitlines()) > MAX_FILE_LINES:
             bad.append(f"{rel}: {len(text.splitlines())} lines (max {MAX_FILE_LINES})")
@@ -129,8 +125,6 @@ def test_cited_design_documents_exist():
     bad = []
     for path in _files("__init__.py", *RUNTIME, *TOOLS):
         rel = _rel(path)
-        if rel in REWRITTEN_ELSEWHERE:
-            continue
         for n, line in enumerate(path.read_text().splitlines(), 1):
             for name in cite.findall(line):
                 if not (REPO / name).is_file():
