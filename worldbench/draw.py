@@ -76,9 +76,10 @@ def background(scene: str, side: int, rng: np.random.Generator) -> tuple[np.ndar
         snow = snow - 0.10 * np.clip(n2, 0, None)[..., None] * np.array([1.0, 0.7, 0.2], np.float32)
         img = np.where(top[..., None], sky, snow)
     elif scene == "room":
-        wall = np.stack([0.86 + 0.03 * n1, 0.74 + 0.03 * n1, 0.58 + 0.03 * n1], -1)
+        wall = np.stack([0.80 + 0.03 * n1, 0.82 + 0.03 * n1, 0.74 + 0.03 * n1], -1)
         planks = np.abs(np.sin((xx + 0.3 * yy) * np.pi * rng.uniform(5, 7))) > 0.96
-        wood = np.stack([0.50 + 0.06 * n2, 0.31 + 0.05 * n2, 0.16 + 0.03 * n2], -1)
+        # a grey floor: brown wood would look like the dark shade of an orange coat
+        wood = np.stack([0.52 + 0.06 * n2, 0.52 + 0.05 * n2, 0.55 + 0.05 * n2], -1)
         wood = wood * np.where(planks, 0.7, 1.0)[..., None]
         img = np.where(top[..., None], wall, wood)
         wx, wy = rng.uniform(0.15, 0.65), rng.uniform(0.06, 0.12)  # a window on the wall

@@ -239,7 +239,7 @@ class Case:
     index: int
     reference: Render
     target: int  # index of the clicked subject in reference.scene.subjects
-    click: tuple[float, float]  # pixel (x, y) of the deepest interior point of the target's mask
+    click: tuple[float, float]  # pixel (x, y) deep inside the target's torso (where a user clicks)
     prompt: str
     prompt_scene: str
 
@@ -252,11 +252,23 @@ class Case:
         return [s.identity for i, s in enumerate(self.reference.scene.subjects) if i != self.target]
 
 
-def deepest_point(mask: np.ndarray) -> tuple[float, float]:
-    """Pixel centre (x, y) farthest from the mask's edge (where a user would click)."""
+def deepest_point(mask: np.ndarray, near: tuple[float, float] | None = None) -> tuple[float, float]:
+    """Pixel centre (x, y) deep inside the mask, where a user would click: the deepest pixel, or with
+    ``near`` (pixels) the pixel closest to it among those at least 60 % as deep as the deepest."""
     dt = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(dt)), dt.shape)
+    if near is not None:
+        yy, xx = np.mgrid[0:mask.shape[0], 0:mask.shape[1]]
+        score = np.where(dt >= 0.6 * dt.max(), -((xx + 0.5 - near[0]) ** 2 + (yy + 0.5 - near[1]) ** 2), -np.inf)
+        y, x = np.unravel_index(int(np.argmax(score)), dt.shape)
+    else:
+        y, x = np.unravel_index(int(np.argmax(dt)), dt.shape)
     return float(x) + 0.5, float(y) + 0.5
+
+
+def body_centre(s: Subject, side: int) -> tuple[float, float]:
+    """Pixel position of the centre of a subject's torso (not its head or collar)."""
+    up = 0.36 if s.identity.cls == "dog" else 0.42
+    return s.x * side, (s.ground - up * s.size) * side
 
 
 def test_case(split: str, index: int, side: int = 64) -> Case:
@@ -276,7 +288,8 @@ def test_case(split: str, index: int, side: int = 64) -> Case:
     target = next(i for i, s in enumerate(sc.subjects) if s.identity == first)
     others = [s for s in SCENES if s != sc.scene]
     new_scene = others[int(rng.integers(len(others)))]
-    return Case(split, index, r, target, deepest_point(r.mask(target)), prompt(first.cls, new_scene), new_scene)
+    click = deepest_point(r.mask(target), body_centre(sc.subjects[target], side))
+    return Case(split, index, r, target, click, prompt(first.cls, new_scene), new_scene)
 
 
 def pair(split: str, index: int, side: int = 64) -> tuple[Render, int, Render, int]:
