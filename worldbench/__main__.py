@@ -25,7 +25,7 @@ from . import world
 
 
 def _cfg(a) -> config_mod.WorldConfig:
-    return config_mod.get("quick" if a.quick else "gpu" if a.gpu else "default")
+    return config_mod.get("quick" if a.quick else "gpu" if a.gpu else "small" if a.small else "default")
 
 
 def _print(title: str, d: dict) -> None:
@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         g = s.add_mutually_exclusive_group()
         g.add_argument("--quick", action="store_true", help="the CI smoke config")
         g.add_argument("--gpu", action="store_true", help="the larger config (uses CUDA when present)")
+        g.add_argument("--small", action="store_true", help="a smaller model for experiments")
         s.set_defaults(fn=fn)
         return s
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -68,8 +69,10 @@ def _loss(ae, x: torch.Tensor, noise: float, g: torch.Generator) -> tuple[torch.
 
 
 def train(images: torch.Tensor, *, steps: int, full_steps: int, crop: int, batch: int, lr: float,
-          latent_noise: float, seed: int, desc: str = "autoencoder"):
-    """images [N, 3, S, S] in 0..1 -> trained TAESD with vae_scale/vae_shift set."""
+          latent_noise: float, seed: int, desc: str = "autoencoder", resume: Path | None = None,
+          save_every: int = 100):
+    """images [N, 3, S, S] in 0..1 -> trained TAESD with vae_scale/vae_shift set. ``resume``: a file
+    that keeps (and restores) the run's state every ``save_every`` steps."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     ae = build()
@@ -80,8 +83,16 @@ def train(images: torch.Tensor, *, steps: int, full_steps: int, crop: int, batch
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))))
     n, side = images.shape[0], images.shape[-1]
-    bar = progress(range(total), desc=desc)
-    history = []
+    history, start = [], 0
+    if resume is not None and resume.is_file():
+        st = torch.load(resume, weights_only=False)
+        ae.load_state_dict(st["ae"])
+        opt.load_state_dict(st["opt"])
+        sched.load_state_dict(st["sched"])
+        g.set_state(st["rng"])
+        history, start = st["history"], st["step"]
+        log.info("worldbench: resuming the autoencoder at step %d", start)
+    bar = progress(range(start, total), desc=desc, total=total - start)
     for step in bar:
         if step < steps and crop < side:
             idx = torch.randint(0, n, (batch,), generator=g)
@@ -102,6 +113,11 @@ def train(images: torch.Tensor, *, steps: int, full_steps: int, crop: int, batch
         history.append(rec.item())
         if step % 20 == 0 and hasattr(bar, "set_postfix"):
             bar.set_postfix(rec=f"{sum(history[-20:]) / len(history[-20:]):.4f}")
+        if resume is not None and save_every and (step + 1) % save_every == 0 and step + 1 < total:
+            tmp = resume.with_suffix(".tmp")
+            torch.save({"ae": ae.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "rng": g.get_state(), "history": history, "step": step + 1}, tmp)
+            tmp.replace(resume)
     ae.eval()
     normalise(ae, images[: min(n, 512)])
     ae.history = history

@@ -17,11 +17,12 @@ WORLD_VERSION = "1"
 
 @dataclass(frozen=True)
 class ReaderConfig:
-    images: int = 6000
-    steps: int = 1500
+    images: int = 5000
+    seg_steps: int = 1500  # segmenter (batches of ``batch`` images)
+    id_steps: int = 1000  # identity net (batches of 2 x ``batch`` instance crops)
     width: int = 16
     batch: int = 32
-    finetune_steps: int = 500  # again, with autoencoder round trips in half of the batches
+    finetune_steps: int = 400  # both again, with autoencoder round trips in half of the batches
 
 
 @dataclass(frozen=True)
@@ -80,19 +81,26 @@ DEFAULT = WorldConfig()
 # CI smoke: a couple of minutes, checks the whole pipeline, not quality.
 QUICK = WorldConfig(
     name="quick",
-    reader=ReaderConfig(images=600, steps=150, finetune_steps=0),
+    reader=ReaderConfig(images=700, seg_steps=150, id_steps=500, finetune_steps=0),
     ae=AEConfig(images=300, steps=60, full_steps=10),
     unet=UNetConfig(images=400, model_channels=32, steps=60, batch=16),
+)
+# A smaller model for experiments (about a third of the default's cost): same world and architecture.
+SMALL = WorldConfig(
+    name="small",
+    reader=ReaderConfig(images=3000, seg_steps=500, id_steps=700, finetune_steps=150),
+    ae=AEConfig(images=2000, steps=600, full_steps=100),
+    unet=UNetConfig(images=6000, steps=1500),
 )
 # With a GPU: 128 px images (16x16 latents), a wider U-Net, more data and steps.
 GPU = WorldConfig(
     name="gpu", side=128, threads=8,
-    reader=ReaderConfig(images=20000, steps=6000, width=24, batch=64, finetune_steps=2000),
+    reader=ReaderConfig(images=20000, seg_steps=6000, id_steps=4000, width=24, batch=64, finetune_steps=2000),
     ae=AEConfig(images=20000, crop=64, batch=32, steps=8000, full_steps=2000),
     unet=UNetConfig(images=60000, model_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, steps=60000,
                     batch=128, lr=2e-4, ema=0.9995),
 )
-CONFIGS = {"default": DEFAULT, "quick": QUICK, "gpu": GPU}
+CONFIGS = {"default": DEFAULT, "quick": QUICK, "small": SMALL, "gpu": GPU}
 
 
 def get(name: str = "default", **overrides) -> WorldConfig:

@@ -3,8 +3,8 @@
     autoencoder -> reader (clean renders) -> reader fine-tune (+ autoencoder round trips)
     -> latents of the training images -> U-Net -> world.safetensors + world_clip_vision.safetensors
 
-A stage whose output file exists is skipped, so an interrupted run continues (the U-Net also keeps a
-resume file) and a finished one is reused as is. Figures go to metrics.json, the log to train.log.
+A stage whose output file exists is skipped, so an interrupted run continues (the autoencoder and the
+U-Net also keep resume files) and a finished one is reused as is. Figures go to metrics.json, the log to train.log.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ class WorldFiles:
     reader_base = property(lambda self: self.dir / "reader_clean.safetensors")
     latents = property(lambda self: self.dir / "latents.pt")
     unet_resume = property(lambda self: self.dir / "unet_resume.pt")
+    ae_resume = property(lambda self: self.dir / "ae_resume.pt")
     metrics = property(lambda self: self.dir / "metrics.json")
     log = property(lambda self: self.dir / "train.log")
 
@@ -105,8 +106,8 @@ def _stage_reader(cfg: WorldConfig, f: WorldFiles, ae=None) -> None:
     data = reader_train.make_data("reader", rc.images, cfg.side, desc="reader: render")
     evald = reader_train.make_data("reader_eval", 400, cfg.side, desc="reader: render held-out")
     if ae is None:
-        r = reader_train.train_reader(data, rc.steps, cfg.side, width=rc.width, batch=rc.batch, seed=cfg.seed,
-                                      desc="reader")
+        r = reader_train.train_reader(data, rc.seg_steps, rc.id_steps, cfg.side, width=rc.width, batch=rc.batch,
+                                      seed=cfg.seed)
         _save(r.state_dict(), f.reader_base)
         update_metrics(f, reader_clean=reader_train.evaluate(r, evald), reader_time=clock.minutes())
         return
@@ -114,9 +115,8 @@ def _stage_reader(cfg: WorldConfig, f: WorldFiles, ae=None) -> None:
     part = min(len(data.images), max(rc.batch, rc.images // 4))
     rt = torch.cat([autoencoder.roundtrip(ae, data.images[i:i + 64]) for i in
                     progress(range(0, part, 64), desc="reader: round trips")])
-    r = reader_train.train_reader(data, rc.finetune_steps, cfg.side, width=rc.width, batch=rc.batch,
-                                  seed=cfg.seed + 1, roundtrip=rt, desc="reader (+ roundtrips)",
-                                  init=load_reader(cfg, f.reader_base))
+    r = reader_train.train_reader(data, rc.finetune_steps, rc.finetune_steps, cfg.side, width=rc.width,
+                                  batch=rc.batch, seed=cfg.seed + 1, roundtrip=rt, init=load_reader(cfg, f.reader_base))
     _save(r.state_dict(), f.reader)
     ev_rt = evald.roundtrip(lambda x: autoencoder.roundtrip(ae, x))
     update_metrics(f, reader_clean=reader_train.evaluate(r, evald),
@@ -137,14 +137,15 @@ def _stage_autoencoder(cfg: WorldConfig, f: WorldFiles):
     clock = Clock()
     images, _ = _render_images(a.images, cfg, "autoencoder: render")
     ae = autoencoder.train(images, steps=a.steps, full_steps=a.full_steps, crop=a.crop, batch=a.batch, lr=a.lr,
-                           latent_noise=a.latent_noise, seed=cfg.seed)
+                           latent_noise=a.latent_noise, seed=cfg.seed, resume=f.ae_resume)
     _save(autoencoder.state_dict(ae), f.vae)
+    f.ae_resume.unlink(missing_ok=True)
     held = reader_train.make_data("reader_eval", 200, cfg.side, desc="autoencoder: held-out")
     hist = ae.history
     update_metrics(f, autoencoder={"psnr_heldout": autoencoder.psnr(ae, held.images),
                                    "rec_loss_first": sum(hist[:20]) / 20, "rec_loss_last": sum(hist[-50:]) / 50,
-                                   "steps": len(hist), "vae_scale": float(ae.vae_scale),
-                                   "vae_shift": float(ae.vae_shift), **clock.minutes()})
+                                   "steps": len(hist), "vae_scale": ae.vae_scale.item(),
+                                   "vae_shift": ae.vae_shift.item(), **clock.minutes()})
     return ae
 
 

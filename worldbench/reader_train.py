@@ -86,57 +86,85 @@ def _perturb_masks(m: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.where(pick == 0, grow, torch.where(pick == 1, shrink, mf))[:, 0]
 
 
-def train_reader(data: ReaderData, steps: int, side: int, *, width: int = 16, batch: int = 32, lr: float = 3e-3,
-                 seed: int = 0, roundtrip: torch.Tensor | None = None, desc: str = "reader",
-                 init: Reader | None = None) -> Reader:
-    """Trains both nets together; ``roundtrip``: the data's images after an autoencoder round trip
-    (used for half of the batches); ``init``: continue from this reader (at a third of the rate)."""
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    seg, ident = (init.segmenter, init.identity) if init is not None else \
-        (Segmenter(width), IdentityNet(width + width // 2))
-    seg.train()
-    ident.train()
-    lr = lr / 3 if init is not None else lr
-    params = list(seg.parameters()) + list(ident.parameters())
+def _optimise(params: list, steps: int, lr: float, loss_fn, desc: str) -> None:
+    """AdamW with warm-up and cosine decay; ``loss_fn(step)`` -> (loss, shown value)."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / steps)))
-    n = data.images.shape[0]
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 30) * 0.5 * (1 + math.cos(math.pi * s / max(1, steps))))
     bar = progress(range(steps), desc=desc)
     for step in bar:
-        use_rt = roundtrip is not None and step % 2 == 1
-        idx = torch.randint(0, roundtrip.shape[0] if use_rt else n, (batch,), generator=g)
-        x = augment((roundtrip if use_rt else data.images)[idx], g)
-        cls, con = data.cls[idx], data.contact[idx]
-        flip = torch.rand(batch, generator=g) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        cls = torch.where(flip[:, None, None], cls.flip(-1), cls)
-        con = torch.where(flip[:, None, None], con.flip(-1), con)
-        pix, scene = seg(x)
-        fgw = torch.where(cls > 0, 2.0, 1.0)
-        loss_seg = (F.cross_entropy(pix[:, :3], cls, reduction="none") * fgw).mean() \
-            + F.binary_cross_entropy_with_logits(pix[:, 3], con, pos_weight=torch.tensor(4.0)) \
-            + 0.5 * F.cross_entropy(scene, data.scene[idx])
-        # identity: every instance of the batch's images
-        local = {int(v): j for j, v in enumerate(idx.tolist())}
-        inst = torch.isin(data.inst_owner, idx).nonzero()[:, 0]
-        inst = inst[torch.randperm(len(inst), generator=g)[:2 * batch]]
-        owner = torch.tensor([local[int(data.inst_owner[i])] for i in inst])
-        m = data.inst_masks[inst]
-        m = torch.where(flip[owner][:, None, None], m.flip(-1), m)
-        c = crops(x, _perturb_masks(m, g), owner)
-        logits = ident(c)
-        tgt = data.inst_target[inst]
-        loss_id = sum(F.cross_entropy(logits[k], tgt[:, j]) for j, k in enumerate(HEADS))
-        loss = loss_seg + loss_id
+        loss = loss_fn(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         if step % 20 == 0 and hasattr(bar, "set_postfix"):
-            bar.set_postfix(seg=f"{loss_seg.item():.3f}", id=f"{loss_id.item():.3f}")
-    return Reader(seg.eval(), ident.eval(), side)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+
+
+def _batch(data: ReaderData, roundtrip: torch.Tensor | None, step: int, size: int, g: torch.Generator):
+    """(image indices, augmented images, flipped mask): every other batch from the round trips if given
+    (they are the first ``len(roundtrip)`` images of the data)."""
+    use_rt = roundtrip is not None and step % 2 == 1
+    idx = torch.randint(0, roundtrip.shape[0] if use_rt else data.images.shape[0], (size,), generator=g)
+    x = augment((roundtrip if use_rt else data.images)[idx], g)
+    flip = torch.rand(size, generator=g) < 0.5
+    return idx, torch.where(flip[:, None, None, None], x.flip(-1), x), flip
+
+
+def train_segmenter(seg: Segmenter, data: ReaderData, steps: int, *, batch: int = 32, lr: float = 3e-3,
+                    seed: int = 0, roundtrip: torch.Tensor | None = None, desc: str = "reader: segmenter") -> None:
+    g = torch.Generator().manual_seed(seed)
+    seg.train()
+
+    def loss_fn(step):
+        idx, x, flip = _batch(data, roundtrip, step, batch, g)
+        cls = torch.where(flip[:, None, None], data.cls[idx].flip(-1), data.cls[idx])
+        con = torch.where(flip[:, None, None], data.contact[idx].flip(-1), data.contact[idx])
+        pix, scene = seg(x)
+        fgw = torch.where(cls > 0, 2.0, 1.0)
+        return (F.cross_entropy(pix[:, :3], cls, reduction="none") * fgw).mean() \
+            + F.binary_cross_entropy_with_logits(pix[:, 3], con, pos_weight=torch.tensor(4.0)) \
+            + 0.5 * F.cross_entropy(scene, data.scene[idx])
+    _optimise(list(seg.parameters()), steps, lr, loss_fn, desc)
+    seg.eval()
+
+
+def train_identity(ident: IdentityNet, data: ReaderData, steps: int, *, batch: int = 64, lr: float = 3e-3,
+                   seed: int = 0, roundtrip: torch.Tensor | None = None, desc: str = "reader: identity") -> None:
+    """On crops of single instances (their true masks, grown or shrunk a pixel at random)."""
+    g = torch.Generator().manual_seed(seed + 1)
+    ident.train()
+    n_rt = None if roundtrip is None else int((data.inst_owner < roundtrip.shape[0]).sum())
+
+    def loss_fn(step):
+        use_rt = roundtrip is not None and step % 2 == 1
+        inst = torch.randint(0, n_rt if use_rt else len(data.inst_owner), (batch,), generator=g)
+        owners = data.inst_owner[inst]  # instances are stored in image order: the first n_rt own round trips
+        x = augment((roundtrip if use_rt else data.images)[owners], g)
+        flip = torch.rand(batch, generator=g) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        m = torch.where(flip[:, None, None], data.inst_masks[inst].flip(-1), data.inst_masks[inst])
+        logits = ident(crops(x, _perturb_masks(m, g), torch.arange(batch)))
+        tgt = data.inst_target[inst]
+        return sum(F.cross_entropy(logits[k], tgt[:, j]) for j, k in enumerate(HEADS))
+    _optimise(list(ident.parameters()), steps, lr, loss_fn, desc)
+    ident.eval()
+
+
+def train_reader(data: ReaderData, seg_steps: int, id_steps: int, side: int, *, width: int = 16,
+                 batch: int = 32, lr: float = 3e-3, seed: int = 0, roundtrip: torch.Tensor | None = None,
+                 init: Reader | None = None) -> Reader:
+    """Trains (or, from ``init``, fine-tunes at a third of the rate) the segmenter and the identity net.
+    ``roundtrip``: autoencoder round trips of the first images of ``data``, used for every other batch."""
+    torch.manual_seed(seed)
+    seg, ident = (init.segmenter, init.identity) if init is not None else \
+        (Segmenter(width), IdentityNet(width + width // 2))
+    lr = lr / 3 if init is not None else lr
+    train_segmenter(seg, data, seg_steps, batch=batch, lr=lr, seed=seed, roundtrip=roundtrip)
+    train_identity(ident, data, id_steps, batch=2 * batch, lr=lr, seed=seed, roundtrip=roundtrip)
+    return Reader(seg, ident, side)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
