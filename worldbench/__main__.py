@@ -102,7 +102,18 @@ def cmd_export(a) -> None:
 
 def cmd_selection(a) -> None:
     from .selection import selection_check
-    res = selection_check(a.count, a.split, _cfg(a).side, a.upscale)
+    cv = None
+    if a.clip_vision:
+        from . import comfy_env
+        comfy_env.setup()
+        from . import family, pipeline
+        cfg = _cfg(a)
+        path = pipeline.files(cfg).clip_vision
+        # the world CLIP vision is random and frozen: without the file, the same weights from its seed
+        sd = pipeline._load(path) if path.is_file() else family.vision_state(cfg.seed + 200)
+        cv = family.vision_model()
+        cv.load_sd({k: v for k, v in sd.items() if k != family.VISION_MARKER})
+    res = selection_check(a.count, a.split, _cfg(a).side, a.upscale, cv)
     _print("selection", res)
     print(f"selection mean_iou={res['mean_iou']:.3f} share_iou_ge_0.5={res['share_iou_ge_0.5']:.3f}")
 
@@ -158,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--count", type=int, default=40)
     s.add_argument("--split", choices=world.SPLITS, default="val")
     s.add_argument("--upscale", type=int, default=1)
+    s.add_argument("--clip-vision", action="store_true", help="select with the world CLIP vision's tokens")
     s = add("probe", cmd_probe)
     s.add_argument("--count", type=int, default=8)
     s.add_argument("--seeds", type=int, default=3)
