@@ -238,14 +238,13 @@ def test_world_model_through_a_real_server(tmp_path, quick_world):
     import host as host_support  # tests/support (conftest puts it on sys.path)
     _, f = quick_world
     base = tmp_path / "srv"
-    host_support.make_layout(base)
-    (base / "custom_nodes" / "p3s_world_registrar").symlink_to(worldbench.REGISTRAR, target_is_directory=True)
+    host_support.make_layout(base, custom_nodes=(worldbench.REGISTRAR,))
     (base / "models" / "checkpoints" / f.checkpoint.name).symlink_to(f.checkpoint)
     (base / "models" / "clip_vision" / f.clip_vision.name).symlink_to(f.clip_vision)
     case = worldbench.test_case("val", 1)
     from PIL import Image
     Image.fromarray(case.reference.image).save(base / "input" / "world_case.png")
-    srv = host_support.Server(base)
+    srv = host_support.Server(base, custom_nodes=(worldbench.REGISTRAR,))
     try:
         prompt = _p3s_graph(f.checkpoint.name, case)
         prompt["14"] = {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": f.clip_vision.name}}

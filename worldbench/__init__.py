@@ -23,7 +23,7 @@ from .config import WORLD_VERSION, WorldConfig, get as get_config  # noqa: F401
 from .world import (ALL_IDENTITIES, CLASSES, COLLARS, COLOURS, PATTERNS, SCENES, Case, Identity,  # noqa: F401
                     Render, pair, prompt, render, test_case, training_image)
 
-REGISTRAR = Path(__file__).resolve().parent / "registrar"
+REGISTRAR = Path(__file__).resolve().parent / "world_registrar"
 
 
 def files(cfg: WorldConfig | None = None):

@@ -133,7 +133,7 @@ def cmd_files(a) -> None:
     f = pipeline.files(_cfg(a))
     print(json.dumps({"dir": str(f.dir), "checkpoint": str(f.checkpoint), "clip_vision": str(f.clip_vision),
                       "vae": str(f.vae), "reader": str(f.reader), "ready": f.ready(),
-                      "registrar": str(Path(__file__).parent / "registrar")}, indent=1))
+                      "registrar": str(Path(__file__).parent / "world_registrar")}, indent=1))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,7 +5,6 @@ selection (mask = whole image), every output read by the reader.
 """
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 
@@ -23,11 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 def load_pack(nodes):
     """The P3S pack loaded through ComfyUI's own custom-node loader (once per process)."""
     if "P3SApply" not in nodes.NODE_CLASS_MAPPINGS:
-        ok = nodes.load_custom_node(str(REPO))
-        if asyncio.iscoroutine(ok):
-            ok = asyncio.run(ok)
-        if not ok:
-            raise SystemExit("worldbench: the P3S pack failed to load (see the log)")
+        from p3s_host.comfy_env import load_custom_node
+        load_custom_node(REPO)
     return nodes.NODE_CLASS_MAPPINGS
 
 
