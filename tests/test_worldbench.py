@@ -256,3 +256,82 @@ def test_world_model_through_a_real_server(tmp_path, quick_world):
         assert Image.open(BytesIO(srv.view(images[0]))).size == (64, 64)
     finally:
         srv.stop()
+
+
+# ---- the transfer benchmark (phase B) -------------------------------------------------------------------
+def test_bench_variants_and_api_prompts():
+    """Every variant of issue #10 is there, and each one's API prompt wires the pack's nodes as a user would."""
+    from p3s_core.schedule import PRESETS
+    from worldbench import bench
+    assert bench.PRESETS == PRESETS
+    vs = {v.name: v for v in bench.variants({"adapter_acl0": "a0.safetensors", "adapter": "a.safetensors"})}
+    assert {"plain", "noselect", "per_step", "cached", "uncond_on", "adapter", "adapter_acl0"} <= set(vs)
+    assert {f"sampler_{p}" for p in PRESETS} <= set(vs)
+    case = world.test_case("val", 2)
+    g = {n: bench.api_prompt(v, case, "ref.png", "world.safetensors", "cv.safetensors", 7, 3) for n, v in vs.items()}
+    assert not any(n["class_type"].startswith("P3S") for n in g["plain"].values())
+    assert g["plain"]["4"]["inputs"]["batch_size"] == 3 and g["plain"]["2"]["inputs"]["text"] == case.prompt
+    pts = json.loads(g["per_step"]["11"]["inputs"]["points"])
+    assert pts["positive"] == [{"x": case.click[0], "y": case.click[1]}] and g["per_step"]["5"]["inputs"]["model"] == \
+        ["12", 0]
+    assert g["noselect"]["11"]["class_type"] == "SolidMask" and "points" not in g["noselect"]["12"]["inputs"]
+    assert g["cached"]["12"]["inputs"]["reference_mode"] == "cached"
+    assert g["uncond_on"]["12"]["inputs"]["uncond_sees_reference"] is True
+    assert g["sampler_step"]["5"]["class_type"] == "P3SSampler" and g["sampler_step"]["5"]["inputs"]["schedule"] == "step"
+    assert g["adapter"]["14"]["inputs"]["adapter_name"] == "a.safetensors"
+    assert g["adapter"]["12"]["inputs"]["clip_vision"] == ["13", 0]
+
+
+def test_bench_last_line_and_table():
+    from worldbench import bench
+    t = bench.Tally()
+    res = {"variants": {"plain": None, "per_step": None}}
+    case = world.test_case("test", 0)
+    from worldbench.reader import Found, Reading
+    m = np.ones((64, 64), bool)
+    t.add(Reading(case.prompt_scene, 1.0, [Found(m, *case.identity.key, 1.0)]), case)
+    t.add(Reading(case.reference.scene.scene, 1.0, [Found(m, *case.lookalikes[0].key, 1.0)]), case)
+    s = t.summary()
+    assert s["n"] == 2 and s["clicked"]["share"] == 0.5 and s["leak"]["share"] == 0.5 and s["prompt"]["share"] == 0.5
+    assert s["ref_scene"]["share"] == 0.5 and s["clicked"]["ci95"][0] < 0.5 < s["clicked"]["ci95"][1]
+    res["variants"] = {"plain": s, "per_step": s}
+    line = bench.last_line(res, "per_step")
+    assert line == ("transfer clicked=0.50 leak=0.50 prompt=0.50 plain_clicked=0.50 noselect_clicked=na "
+                    "noselect_leak=na adapter_clicked=na adapter_leak=na adapter_prompt=na")
+    assert "| per_step | 2 | 0.50 [" in bench.table(res)
+
+
+@pytest.mark.server
+def test_transfer_bench_end_to_end_through_a_real_server(tmp_path, quick_world):
+    """The benchmark harness on the --quick world: an adapter trained by scripts/train_adapter.py (two steps),
+    one case, one sample per variant, every variant queued to a real ComfyUI server and read by the reader.
+    Checks the harness, not the transfer figures (the quick model is barely trained)."""
+    from PIL import Image
+
+    from worldbench import bench
+    cfg, f = quick_world
+    res = bench.bench(cfg, cases=1, seeds=1, split="test", steps=4, adapter_steps=2, adapter_data=8,
+                      acl_weights=(100.0,), out=tmp_path / "grid.png", json_out=tmp_path / "bench.json")
+    names = {v.name for v in bench.variants({"adapter": ""})}
+    assert set(res["variants"]) == names
+    row = res["per_case"][0]
+    assert set(row["variants"]) == names and all(len(v) == 1 for v in row["variants"].values())
+    for name, s in res["variants"].items():
+        assert s["n"] == 1, name
+        got = row["variants"][name][0]
+        assert all(s[m]["share"] == float(got[m]) for m in bench.METRICS), (name, s, got)
+        assert not (got["clicked"] and got["leak"]) and (got["found"] or not got["clicked"])
+    # the reader read the reference too (the control that the instrument reads this case at all)
+    assert res["reader_on_references"]["clicked"] == float(row["reference_read"]["clicked"])
+    line = res["last_line"]
+    assert line.startswith("transfer clicked=") and line.endswith(
+        f"adapter_prompt={res['variants']['adapter']['prompt']['share']:.2f}")
+    assert json.loads((tmp_path / "bench.json").read_text())["variants"].keys() == res["variants"].keys()
+    assert Image.open(tmp_path / "grid.png").size == (2 * 5 * 66, 2 * 66)
+    assert res["grid"]["columns"] == ["reference + click", "plain", "noselect", res["best_training_free"], "adapter"]
+    assert (f.dir / "adapters" / res["adapters"]["adapter"]).is_file()
+    # same seed for every variant: the constant preset at weight_high 1 is exactly P3S Apply + KSampler, and
+    # the injection (clicked or whole-image) changes the image (small on this barely trained model)
+    d = row["diff"]
+    assert d["sampler_constant"]["per_step"] == 0.0 and d["plain"]["plain"] == 0.0
+    assert d["per_step"]["plain"] > 0.0 and d["noselect"]["per_step"] > 0.0, d

@@ -8,6 +8,8 @@
     python -m worldbench selection [--count N]          # the pack's point selection on world references
     python -m worldbench probe [--count N]              # quick look: does training-free P3S move identity?
     python -m worldbench files [--quick | --gpu]        # where the trained files are
+    python -m worldbench bench [--quick] --cases N --seeds K [--split val|test] [--adapter-steps S] --out GRID.png
+                                                        # the transfer benchmark through a real ComfyUI server
 """
 from __future__ import annotations
 
@@ -136,6 +138,28 @@ def cmd_files(a) -> None:
                       "registrar": str(Path(__file__).parent / "world_registrar")}, indent=1))
 
 
+def cmd_bench(a) -> None:
+    from . import bench
+    cfg = _cfg(a)
+    only = tuple(x for x in (a.variants or "").split(",") if x)
+    t0 = time.time()
+    res = bench.bench(cfg, a.cases, a.seeds, a.split, a.steps, a.cfg, a.weight, a.adapter_steps, a.adapter_data,
+                      tuple(a.acl_weights), only, Path(a.out) if a.out else None,
+                      Path(a.json) if a.json else None, a.threads)
+    print(f"== transfer benchmark: {cfg.name} world ({res['world']}), split {a.split}, {a.cases} cases x "
+          f"{a.seeds} samples, {a.steps} steps euler/normal, cfg {a.cfg}, weight {a.weight}")
+    print(res["table"])
+    rr = res["reader_on_references"]
+    print(f"control: the reader on the references finds the clicked identity in {rr['clicked']:.2f} of them "
+          f"(every identity right: {rr['all']:.2f})")
+    if res.get("grid"):
+        print(f"grid: {res['grid']['path']} (columns: {' | '.join(res['grid']['columns'])})")
+    print(f"run time: {(time.time() - t0) / 60:.1f} min wall (adapters {res['adapter_training_time']['wall_minutes']:.1f}"
+          f" min), {res['threads']} thread(s), load average {res['load_average']:.1f}")
+    print(f"best training-free variant: {res['best_training_free']} ({res['best_why']})")
+    print(res["last_line"])
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m worldbench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -177,6 +201,23 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--weight", type=float, default=1.0)
     s.add_argument("--mode", choices=("per_step", "cached"), default="per_step")
     add("files", cmd_files)
+    s = add("bench", cmd_bench)
+    s.add_argument("--cases", type=int, default=20)
+    s.add_argument("--seeds", type=int, default=4, help="samples per case (one batch from one seed)")
+    s.add_argument("--split", choices=("val", "test"), default="test",
+                   help="val: tune (writes the best training-free pick); test: report")
+    s.add_argument("--steps", type=int, default=20)
+    s.add_argument("--cfg", type=float, default=6.0)
+    s.add_argument("--weight", type=float, default=1.0, help="P3S Apply weight of every P3S variant")
+    s.add_argument("--variants", default="", help="comma-separated subset (default: all)")
+    s.add_argument("--adapter-steps", type=int, default=0, help="train adapters (ACL 0 and 100) for S steps")
+    s.add_argument("--adapter-data", type=int, default=600, help="train-split pairs exported for the adapters")
+    s.add_argument("--acl-weights", type=float, nargs="+", default=[0.0, 100.0],
+                   help="ACL weights of the adapters; the last one is the 'adapter' of the last line")
+    s.add_argument("--out", default=None, help="grid PNG to write")
+    s.add_argument("--json", default=None, help="all results as JSON")
+    s.add_argument("--threads", type=int, default=None,
+                   help="torch threads of the server and the trainer (default $P3S_WORLD_THREADS or 1)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     a.fn(a)
