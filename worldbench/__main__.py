@@ -160,6 +160,25 @@ def cmd_bench(a) -> None:
     print(res["last_line"])
 
 
+def _bench_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--cases", type=int, default=20)
+    s.add_argument("--seeds", type=int, default=4, help="samples per case (one batch from one seed)")
+    s.add_argument("--split", choices=("val", "test"), default="test",
+                   help="val: tune (writes the best training-free pick); test: report")
+    s.add_argument("--steps", type=int, default=20)
+    s.add_argument("--cfg", type=float, default=6.0)
+    s.add_argument("--weight", type=float, default=1.0, help="P3S Apply weight of every P3S variant")
+    s.add_argument("--variants", default="", help="comma-separated subset (default: all)")
+    s.add_argument("--adapter-steps", type=int, default=0, help="train adapters (ACL 0 and 100) for S steps")
+    s.add_argument("--adapter-data", type=int, default=600, help="train-split pairs exported for the adapters")
+    s.add_argument("--acl-weights", type=float, nargs="+", default=[0.0, 100.0],
+                   help="ACL weights of the adapters; the last one is the 'adapter' of the last line")
+    s.add_argument("--out", default=None, help="grid PNG to write")
+    s.add_argument("--json", default=None, help="all results as JSON")
+    s.add_argument("--threads", type=int, default=None,
+                   help="torch threads of the server and the trainer (default $P3S_WORLD_THREADS or 1)")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m worldbench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -201,23 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--weight", type=float, default=1.0)
     s.add_argument("--mode", choices=("per_step", "cached"), default="per_step")
     add("files", cmd_files)
-    s = add("bench", cmd_bench)
-    s.add_argument("--cases", type=int, default=20)
-    s.add_argument("--seeds", type=int, default=4, help="samples per case (one batch from one seed)")
-    s.add_argument("--split", choices=("val", "test"), default="test",
-                   help="val: tune (writes the best training-free pick); test: report")
-    s.add_argument("--steps", type=int, default=20)
-    s.add_argument("--cfg", type=float, default=6.0)
-    s.add_argument("--weight", type=float, default=1.0, help="P3S Apply weight of every P3S variant")
-    s.add_argument("--variants", default="", help="comma-separated subset (default: all)")
-    s.add_argument("--adapter-steps", type=int, default=0, help="train adapters (ACL 0 and 100) for S steps")
-    s.add_argument("--adapter-data", type=int, default=600, help="train-split pairs exported for the adapters")
-    s.add_argument("--acl-weights", type=float, nargs="+", default=[0.0, 100.0],
-                   help="ACL weights of the adapters; the last one is the 'adapter' of the last line")
-    s.add_argument("--out", default=None, help="grid PNG to write")
-    s.add_argument("--json", default=None, help="all results as JSON")
-    s.add_argument("--threads", type=int, default=None,
-                   help="torch threads of the server and the trainer (default $P3S_WORLD_THREADS or 1)")
+    _bench_args(add("bench", cmd_bench))
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     a.fn(a)
