@@ -335,3 +335,23 @@ def test_transfer_bench_end_to_end_through_a_real_server(tmp_path, quick_world):
     d = row["diff"]
     assert d["sampler_constant"]["per_step"] == 0.0 and d["plain"]["plain"] == 0.0
     assert d["per_step"]["plain"] > 0.0 and d["noselect"]["per_step"] > 0.0, d
+
+
+def test_bench_picks_the_best_training_free_variant_on_val_only(tmp_path, monkeypatch):
+    """The val run picks (and stores) the best training-free variant; a test run reports that pick, never its own."""
+    from worldbench import bench
+    monkeypatch.setenv("P3S_WORLD_CACHE", str(tmp_path))
+    cfg = worldbench.get_config("quick")
+
+    def summary(clicked, leak, prompt):
+        return {"clicked": {"share": clicked}, "leak": {"share": leak}, "prompt": {"share": prompt}}
+    run = {"steps": 20, "cfg": 6.0, "weight": 1.0, "cases": 3, "seeds": 2}
+    test = {**run, "split": "test", "variants": {"plain": summary(0.0, 0, 1), "noselect": summary(1, 0, 1),
+                                                 "per_step": summary(0.9, 0, 0.9), "cached": summary(0.1, 0, 0.9),
+                                                 "adapter": summary(1, 0, 1)}}
+    assert bench.best_training_free(test, cfg)[0] == "per_step"  # no val pick yet: the pack's default
+    val = {**run, "split": "val", "variants": {**test["variants"], "cached": summary(0.95, 0.0, 1.0)}}
+    assert bench.best_training_free(val, cfg)[0] == "cached"  # plain, noselect and adapters are never picked
+    best, why = bench.best_training_free(test, cfg)
+    assert best == "cached" and why.startswith("picked on val (3 cases x 2 seeds)")
+    assert "not this run's settings" in bench.best_training_free({**test, "weight": 0.5}, cfg)[1]

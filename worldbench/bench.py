@@ -286,6 +286,7 @@ def best_training_free(res: dict, cfg: WorldConfig) -> tuple[str, str]:
     tf = [n for n in res["variants"] if n not in ("plain", "noselect") and not n.startswith("adapter")]
     pick_path = files(cfg).dir / PICK_FILE
     if res["split"] == "val" and tf:
+        pick_path.parent.mkdir(parents=True, exist_ok=True)
         best = max(tf, key=lambda n: pick_score(res["variants"][n]))
         pick_path.write_text(json.dumps({"variant": best, "cases": res["cases"], "seeds": res["seeds"],
                                          "steps": res["steps"], "cfg": res["cfg"], "weight": res["weight"]}))
@@ -293,7 +294,10 @@ def best_training_free(res: dict, cfg: WorldConfig) -> tuple[str, str]:
     if pick_path.is_file():
         pick = json.loads(pick_path.read_text())
         if pick["variant"] in res["variants"]:
-            return pick["variant"], f"picked on val ({pick['cases']} cases x {pick['seeds']} seeds)"
+            same = all(pick[k] == res[k] for k in ("steps", "cfg", "weight"))
+            return pick["variant"], (f"picked on val ({pick['cases']} cases x {pick['seeds']} seeds"
+                                     + (")" if same else f", at steps {pick['steps']} cfg {pick['cfg']} weight "
+                                                         f"{pick['weight']}: not this run's settings)"))
     return ("per_step" if "per_step" in res["variants"] else tf[0] if tf else "plain"), \
         "the pack's default (no val pick in the cache)"
 
