@@ -156,7 +156,8 @@ class InProcessHost:
         valid = asyncio.run(execution.validate_prompt(pid, prompt, None))
         if not valid[0]:
             raise AssertionError(f"prompt failed validation: {valid[1]} {json.dumps(valid[3], default=str)[:2000]}")
-        ex = execution.PromptExecutor(_Server(), cache_type=False)
+        # cache_args as main.py passes them (ComfyUI 0.3.75 reads cache_args["ram"] after every node)
+        ex = execution.PromptExecutor(_Server(), cache_type=False, cache_args={"lru": 0, "ram": 0})
         ex.execute(prompt, pid, {"client_id": "t"}, valid[2])
         if not ex.success:
             errs = [d for e, d in msgs if e == "execution_error"]

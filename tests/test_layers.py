@@ -2,7 +2,7 @@
 
 - ``p3s_core/`` is plain torch/numpy: it never imports ComfyUI, the ComfyUI layer or the dev tooling;
 - the pack's runtime (``__init__.py``, ``nodes/``, ``p3s_core/``) never imports ``p3s_host`` or the tests;
-- ``scripts/``, ``bench/`` and ``p3s_host/`` never import the tests (tests import them);
+- ``scripts/``, ``bench/``, ``p3s_host/`` and ``worldbench/`` never import the tests (tests import them);
 - no module-level mutable state in the injection code; no mutable default arguments anywhere;
 - no file in ``p3s_core/`` or ``nodes/`` over 400 lines; no function over 60 lines unless its docstring
   says why (``Why this is long:``);
@@ -18,7 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 RUNTIME = ("nodes", "p3s_core")
-TOOLS = ("scripts", "bench", "p3s_host")
+TOOLS = ("scripts", "bench", "p3s_host", "worldbench")
 COMFY_MODULES = {"comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "nodes", "server",
                  "execution", "latent_preview", "node_helpers", "utils"}
 OLD_TEST_HELPERS = {"tests", "conftest", "host", "scenes", "tiny_models", "support"}

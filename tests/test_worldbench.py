@@ -1,0 +1,357 @@
+"""worldbench (issue #10, phase A): the world is deterministic and its truth matches its pixels; the
+reader reads clean held-out renders; a briefly trained world model loads through the real host's
+CheckpointLoaderSimple / CLIPVisionLoader and samples through KSampler, also patched by P3S Apply.
+
+The world model and the reader are trained once into ~/.cache/p3s/world/quick-<hash>/ (the ``--quick``
+config, a couple of minutes on 2 cores) and reused by later runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+import worldbench
+from worldbench import draw, world
+
+os.environ.setdefault("P3S_WORLD_QUIET", "1")
+
+
+# ---- the world ----------------------------------------------------------------------------------------
+def test_world_is_deterministic_by_seed():
+    a, b = world.training_image(7), world.training_image(7)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.labels, b.labels) and a.caption == b.caption
+    c = world.training_image(8)
+    assert not np.array_equal(a.image, c.image)
+    ca, cb = world.test_case("test", 3), world.test_case("test", 3)
+    assert np.array_equal(ca.reference.image, cb.reference.image) and ca.prompt == cb.prompt
+    assert ca.click == cb.click
+    assert not np.array_equal(world.test_case("val", 3).reference.image, ca.reference.image)
+
+
+def _near(pixels: np.ndarray, colour, tol: float) -> np.ndarray:
+    return np.abs(pixels.astype(np.float32) / 255 - np.asarray(colour, np.float32)).max(-1) <= tol
+
+
+@pytest.mark.parametrize("index", range(12))
+def test_masks_and_attributes_match_the_pixels(index):
+    r = world.training_image(index)
+    n = len(r.scene.subjects)
+    assert set(np.unique(r.labels)) <= set(range(n + 1))
+    for i, s in enumerate(r.scene.subjects):
+        m = r.mask(i)
+        assert m.sum() >= 40, "every subject is visible"
+        px = r.image[m]
+        body = draw.BODY_COLOURS[s.identity.colour]
+        # the body colour (lightly shaded) covers much of the subject; no other body colour does
+        share = {c: _near(px, np.asarray(v) * 0.93, 0.16).mean() for c, v in draw.BODY_COLOURS.items()}
+        assert share[s.identity.colour] >= 0.1 and max(share, key=share.get) == s.identity.colour, share
+        # the collar colour is there
+        assert _near(px, draw.COLLAR_COLOURS[s.identity.collar], 0.12).sum() >= 2
+        # pattern pixels (the dark shade of the body colour) inside the subject, away from its outline
+        inner = ndimage.binary_erosion(m, iterations=1)
+        dark = _near(r.image[inner], np.asarray(body) * draw.PATTERN_SHADE, 0.06).sum()
+        if s.identity.pattern == "plain":
+            assert dark <= 4, dark
+        else:
+            assert dark >= 3, dark
+    assert not (r.labels > 0)[r.labels == 0].any()
+
+
+def test_captions_name_count_class_and_scene_never_attributes_in_prompts():
+    for k in range(40):
+        r = world.training_image(k)
+        n, cls = len(r.scene.subjects), r.scene.subjects[0].identity.cls
+        assert world.SCENE_PHRASES[r.scene.scene] in r.caption
+        assert r.caption.startswith(world.COUNT_WORDS[n] + " ")
+        assert cls in r.caption and all(s.identity.cls == cls for s in r.scene.subjects)
+    assert world.prompt("dog", "beach") == "a dog on a beach"
+    assert world.prompt("bird", "snow", 2) == "two birds in the snow"
+    named = [world.training_image(k) for k in range(200)]
+    assert any("collar" in r.caption for r in named), "some single-subject captions name the identity"
+    for k in range(30):
+        words = set(world.test_case("test", k).prompt.split())
+        assert not words & (set(world.COLOURS) | set(world.COLLARS) | set(world.PATTERN_WORDS.values()))
+
+
+def test_benchmark_cases_and_splits():
+    splits = {i.split() for i in world.ALL_IDENTITIES}
+    assert splits == {"train", "val", "test"}
+    assert len(world.ALL_IDENTITIES) == 2 * 6 * 3 * 4
+    for k in range(25):
+        c = world.test_case("test", k)
+        assert c.identity.split() == "test"
+        assert 2 <= len(c.reference.scene.subjects) <= 3
+        assert c.prompt_scene != c.reference.scene.scene and world.SCENE_PHRASES[c.prompt_scene] in c.prompt
+        for other in c.lookalikes:
+            assert other.cls == c.identity.cls and other != c.identity
+        x, y = c.click
+        assert c.reference.labels[int(y), int(x)] == c.target + 1
+        assert all(c.reference.mask(i).sum() >= 0.03 * 64 * 64 for i in range(len(c.reference.scene.subjects)))
+
+
+def test_pairs_show_one_identity_in_two_scenes():
+    for k in range(10):
+        a, ia, b, ib = world.pair("train", k)
+        assert a.identities[ia] == b.identities[ib] and a.identities[ia].split() == "train"
+        assert a.scene.scene != b.scene.scene
+        assert all(i.split() == "train" for i in a.identities + b.identities)
+        assert a.mask(ia).sum() > 0 and b.mask(ib).sum() > 0
+
+
+def test_export_writes_the_trainer_layout(tmp_path):
+    out = worldbench.export_dataset(tmp_path / "ds", 3)
+    stems = sorted(p.stem for p in (out / "images").glob("*.png"))
+    assert len(stems) == 3
+    from PIL import Image
+    for sub, ext in (("captions", ".txt"), ("masks", ".png"), ("references", ".png"), ("reference_masks", ".png")):
+        assert sorted(p.stem for p in (out / sub).glob("*" + ext)) == stems
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    for row in rows:
+        a, ia, b, ib = world.pair("train", int(row["stem"].split("_")[1]))
+        mask = np.asarray(Image.open(out / "masks" / f"{row['stem']}.png")) > 127
+        assert np.array_equal(mask, b.mask(ib)) and row["identity"] == list(b.identities[ib].key)
+        assert (out / "captions" / f"{row['stem']}.txt").read_text().strip() == b.caption
+
+
+# ---- the reader ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def quick_world(host):
+    """The --quick world model and reader (trained once, then reused from the cache)."""
+    from worldbench import pipeline
+    cfg = worldbench.get_config("quick")
+    f = pipeline.train_world(cfg)
+    assert f.ready()
+    return cfg, f
+
+
+def test_reader_reads_clean_heldout_renders(quick_world):
+    from worldbench import pipeline, reader_train
+    cfg, _ = quick_world
+    reader = pipeline.load_reader(cfg)
+    data = reader_train.make_data("reader_eval", 150, cfg.side, start=10_000)
+    acc = reader_train.evaluate(reader, data)
+    for key in ("cls_acc", "colour_acc", "pattern_acc", "collar_acc", "identity_acc", "scene_acc"):
+        assert acc[key] >= 0.98, acc
+    # finding and separating touching subjects needs the full reader (README figures); a smoke bound here
+    assert acc["end_to_end_identity_acc"] >= 0.5, acc
+
+
+# ---- the world model in the real host ---------------------------------------------------------------
+def _txt2img(ckpt: str, text: str, seed: int = 1) -> dict:
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}},
+        "5": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0],
+                                                   "latent_image": ["4", 0], "seed": seed, "steps": 4, "cfg": 6.0,
+                                                   "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "world"}},
+    }
+
+
+def _register(host, f) -> str:
+    from worldbench import family
+    family.register()
+    fp = host.folder_paths
+    for kind in ("checkpoints", "clip_vision"):
+        if str(f.dir) not in fp.get_folder_paths(kind):
+            fp.add_model_folder_path(kind, str(f.dir))
+    return f.checkpoint.name
+
+
+def test_world_model_loads_and_samples_through_the_host(host, quick_world):
+    cfg, f = quick_world
+    name = _register(host, f)
+    out = host.run_prompt(_txt2img(name, "a dog on a beach"))
+    img = out["7"]["images"]
+    assert len(img) == 2
+    from PIL import Image
+    arr = np.asarray(Image.open(host.base / "output" / img[0]["subfolder"] / img[0]["filename"]))
+    assert arr.shape == (64, 64, 3) and arr.std() > 2
+    # the loaders gave the world family: SD1.5 architecture (P3S supports it), 4-channel latent, 8x down
+    with torch.inference_mode():
+        model, clip, vae = host.nodes.CheckpointLoaderSimple().load_checkpoint(name)[:3]
+    from worldbench.family import CONTEXT_DIM, WorldSD15
+    assert isinstance(model.model.model_config, WorldSD15)
+    assert host.pack("nodes.models").model_family(model) == "sd15"
+    assert vae.latent_channels == 4 and vae.downscale_ratio == 8
+    cond = host.nodes.CLIPTextEncode().encode(clip, "two birds in the snow")[0]
+    assert cond[0][0].shape == (1, 77, CONTEXT_DIM)
+    # and the text encoder is the frozen one training used
+    from worldbench import family, pipeline
+    sd = pipeline._load(f.checkpoint)
+    text = {k: v for k, v in sd.items() if k.startswith("cond_stage_model.")}
+    ref = family.text_encoder_state(cfg.seed + 100)
+    assert all(torch.equal(text[k], ref[k]) for k in ref)
+
+
+def test_world_clip_vision_loads_through_clipvisionloader(host, quick_world):
+    _, f = quick_world
+    _register(host, f)
+    from comfy_extras.nodes_clip_sdxl import __name__ as _  # noqa: F401  (ComfyUI's extras import cleanly)
+    loader = host.nodes.NODE_CLASS_MAPPINGS["CLIPVisionLoader"]()
+    with torch.inference_mode():
+        cv = loader.load_clip(f.clip_vision.name)[0]
+        out = cv.encode_image(torch.rand(1, 64, 64, 3), crop=False)["penultimate_hidden_states"]
+    assert out.shape == (1, 1 + 16 * 16, 64)
+
+
+def _p3s_graph(ckpt: str, case) -> dict:
+    """The benchmark's graph: LoadImage -> P3S Point Picker -> P3S Apply -> KSampler -> VAEDecode."""
+    x, y = case.click
+    points = json.dumps({"width": 64, "height": 64, "positive": [{"x": x, "y": y}], "negative": []})
+    prompt = _txt2img(ckpt, case.prompt)
+    prompt.update({
+        "10": {"class_type": "LoadImage", "inputs": {"image": "world_case.png"}},
+        "11": {"class_type": "P3SPointPicker", "inputs": {"image": ["10", 0], "points": points}},
+        "12": {"class_type": "P3SApply", "inputs": {"model": ["1", 0], "vae": ["1", 2], "reference": ["10", 0],
+                                                    "points": ["11", 0], "weight": 1.0, "start_percent": 0.0,
+                                                    "end_percent": 1.0}},
+        "13": {"class_type": "PreviewImage", "inputs": {"images": ["12", 2]}},
+    })
+    prompt["5"]["inputs"]["model"] = ["12", 0]
+    return prompt
+
+
+def test_p3s_apply_runs_on_the_world_model(host, quick_world):
+    """The benchmark's graph on the world model, in-process."""
+    cfg, f = quick_world
+    name = _register(host, f)
+    case = worldbench.test_case("val", 0)
+    from PIL import Image
+    Image.fromarray(case.reference.image).save(host.base / "input" / "world_case.png")
+    out = host.run_prompt(_p3s_graph(name, case))
+    assert len(out["7"]["images"]) == 2 and len(out["13"]["images"]) == 1
+
+
+@pytest.mark.server
+def test_world_model_through_a_real_server(tmp_path, quick_world):
+    """With the registrar custom node, a real ComfyUI server loads the world checkpoint and CLIP vision and
+    runs the benchmark's graph: LoadImage -> Point Picker -> P3S Apply (+ CLIP vision) -> KSampler."""
+    import host as host_support  # tests/support (conftest puts it on sys.path)
+    _, f = quick_world
+    base = tmp_path / "srv"
+    host_support.make_layout(base, custom_nodes=(worldbench.REGISTRAR,))
+    (base / "models" / "checkpoints" / f.checkpoint.name).symlink_to(f.checkpoint)
+    (base / "models" / "clip_vision" / f.clip_vision.name).symlink_to(f.clip_vision)
+    case = worldbench.test_case("val", 1)
+    from PIL import Image
+    Image.fromarray(case.reference.image).save(base / "input" / "world_case.png")
+    srv = host_support.Server(base, custom_nodes=(worldbench.REGISTRAR,))
+    try:
+        prompt = _p3s_graph(f.checkpoint.name, case)
+        prompt["14"] = {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": f.clip_vision.name}}
+        prompt["12"]["inputs"]["clip_vision"] = ["14", 0]
+        entry = srv.run(prompt, timeout=900)
+        images = entry["outputs"]["7"]["images"]
+        assert len(images) == 2
+        from io import BytesIO
+        assert Image.open(BytesIO(srv.view(images[0]))).size == (64, 64)
+    finally:
+        srv.stop()
+
+
+# ---- the transfer benchmark (phase B) -------------------------------------------------------------------
+def test_bench_variants_and_api_prompts():
+    """Every variant of issue #10 is there, and each one's API prompt wires the pack's nodes as a user would."""
+    from p3s_core.schedule import PRESETS
+    from worldbench import bench
+    assert bench.PRESETS == PRESETS
+    vs = {v.name: v for v in bench.variants({"adapter_acl0": "a0.safetensors", "adapter": "a.safetensors"})}
+    assert {"plain", "noselect", "per_step", "cached", "uncond_on", "adapter", "adapter_acl0"} <= set(vs)
+    assert {f"sampler_{p}" for p in PRESETS} <= set(vs)
+    case = world.test_case("val", 2)
+    g = {n: bench.api_prompt(v, case, "ref.png", "world.safetensors", "cv.safetensors", 7, 3) for n, v in vs.items()}
+    assert not any(n["class_type"].startswith("P3S") for n in g["plain"].values())
+    assert g["plain"]["4"]["inputs"]["batch_size"] == 3 and g["plain"]["2"]["inputs"]["text"] == case.prompt
+    pts = json.loads(g["per_step"]["11"]["inputs"]["points"])
+    assert pts["positive"] == [{"x": case.click[0], "y": case.click[1]}] and g["per_step"]["5"]["inputs"]["model"] == \
+        ["12", 0]
+    assert g["noselect"]["11"]["class_type"] == "SolidMask" and "points" not in g["noselect"]["12"]["inputs"]
+    assert g["cached"]["12"]["inputs"]["reference_mode"] == "cached"
+    assert g["uncond_on"]["12"]["inputs"]["uncond_sees_reference"] is True
+    assert g["sampler_step"]["5"]["class_type"] == "P3SSampler" and g["sampler_step"]["5"]["inputs"]["schedule"] == "step"
+    assert g["adapter"]["14"]["inputs"]["adapter_name"] == "a.safetensors"
+    assert g["adapter"]["12"]["inputs"]["clip_vision"] == ["13", 0]
+
+
+def test_bench_last_line_and_table():
+    from worldbench import bench
+    t = bench.Tally()
+    res = {"variants": {"plain": None, "per_step": None}}
+    case = world.test_case("test", 0)
+    from worldbench.reader import Found, Reading
+    m = np.ones((64, 64), bool)
+    t.add(Reading(case.prompt_scene, 1.0, [Found(m, *case.identity.key, 1.0)]), case)
+    t.add(Reading(case.reference.scene.scene, 1.0, [Found(m, *case.lookalikes[0].key, 1.0)]), case)
+    s = t.summary()
+    assert s["n"] == 2 and s["clicked"]["share"] == 0.5 and s["leak"]["share"] == 0.5 and s["prompt"]["share"] == 0.5
+    assert s["ref_scene"]["share"] == 0.5 and s["clicked"]["ci95"][0] < 0.5 < s["clicked"]["ci95"][1]
+    res["variants"] = {"plain": s, "per_step": s}
+    line = bench.last_line(res, "per_step")
+    assert line == ("transfer clicked=0.50 leak=0.50 prompt=0.50 plain_clicked=0.50 noselect_clicked=na "
+                    "noselect_leak=na adapter_clicked=na adapter_leak=na adapter_prompt=na")
+    assert "| per_step | 2 | 0.50 [" in bench.table(res)
+
+
+@pytest.mark.server
+def test_transfer_bench_end_to_end_through_a_real_server(tmp_path, quick_world):
+    """The benchmark harness on the --quick world: an adapter trained by scripts/train_adapter.py (two steps),
+    one case, one sample per variant, every variant queued to a real ComfyUI server and read by the reader.
+    Checks the harness, not the transfer figures (the quick model is barely trained)."""
+    from PIL import Image
+
+    from worldbench import bench
+    cfg, f = quick_world
+    res = bench.bench(cfg, cases=1, seeds=1, split="test", steps=4, adapter_steps=2, adapter_data=8,
+                      acl_weights=(100.0,), out=tmp_path / "grid.png", json_out=tmp_path / "bench.json")
+    names = {v.name for v in bench.variants({"adapter": ""})}
+    assert set(res["variants"]) == names
+    row = res["per_case"][0]
+    assert set(row["variants"]) == names and all(len(v) == 1 for v in row["variants"].values())
+    for name, s in res["variants"].items():
+        assert s["n"] == 1, name
+        got = row["variants"][name][0]
+        assert all(s[m]["share"] == float(got[m]) for m in bench.METRICS), (name, s, got)
+        assert not (got["clicked"] and got["leak"]) and (got["found"] or not got["clicked"])
+    # the reader read the reference too (the control that the instrument reads this case at all)
+    assert res["reader_on_references"]["clicked"] == float(row["reference_read"]["clicked"])
+    line = res["last_line"]
+    assert line.startswith("transfer clicked=") and line.endswith(
+        f"adapter_prompt={res['variants']['adapter']['prompt']['share']:.2f}")
+    assert json.loads((tmp_path / "bench.json").read_text())["variants"].keys() == res["variants"].keys()
+    assert Image.open(tmp_path / "grid.png").size == (2 * 5 * 66, 2 * 66)
+    assert res["grid"]["columns"] == ["reference + click", "plain", "noselect", res["best_training_free"], "adapter"]
+    assert (f.dir / "adapters" / res["adapters"]["adapter"]).is_file()
+    # same seed for every variant: the constant preset at weight_high 1 is exactly P3S Apply + KSampler, and
+    # the injection (clicked or whole-image) changes the image (small on this barely trained model)
+    d = row["diff"]
+    assert d["sampler_constant"]["per_step"] == 0.0 and d["plain"]["plain"] == 0.0
+    assert d["per_step"]["plain"] > 0.0 and d["noselect"]["per_step"] > 0.0, d
+
+
+def test_bench_picks_the_best_training_free_variant_on_val_only(tmp_path, monkeypatch):
+    """The val run picks (and stores) the best training-free variant; a test run reports that pick, never its own."""
+    from worldbench import bench
+    monkeypatch.setenv("P3S_WORLD_CACHE", str(tmp_path))
+    cfg = worldbench.get_config("quick")
+
+    def summary(clicked, leak, prompt):
+        return {"clicked": {"share": clicked}, "leak": {"share": leak}, "prompt": {"share": prompt}}
+    run = {"steps": 20, "cfg": 6.0, "weight": 1.0, "cases": 3, "seeds": 2}
+    test = {**run, "split": "test", "variants": {"plain": summary(0.0, 0, 1), "noselect": summary(1, 0, 1),
+                                                 "per_step": summary(0.9, 0, 0.9), "cached": summary(0.1, 0, 0.9),
+                                                 "adapter": summary(1, 0, 1)}}
+    assert bench.best_training_free(test, cfg)[0] == "per_step"  # no val pick yet: the pack's default
+    val = {**run, "split": "val", "variants": {**test["variants"], "cached": summary(0.95, 0.0, 1.0)}}
+    assert bench.best_training_free(val, cfg)[0] == "cached"  # plain, noselect and adapters are never picked
+    best, why = bench.best_training_free(test, cfg)
+    assert best == "cached" and why.startswith("picked on val (3 cases x 2 seeds)")
+    assert "not this run's settings" in bench.best_training_free({**test, "weight": 0.5}, cfg)[1]

@@ -1,0 +1,230 @@
+"""worldbench command line (run from the repository root with the host's python):
+
+    python -m worldbench train [--quick | --gpu]        # train (or reuse) the world model; quality gate
+    python -m worldbench reader-eval [--quick | --gpu]  # the reader's accuracy on held-out renders
+    python -m worldbench quality [--quick | --gpu]      # the world model's quality gate (KSampler + reader)
+    python -m worldbench render --out DIR [--cases test] [--count N]
+    python -m worldbench export --out DIR --count N [--split train]   # dataset for scripts/train_adapter.py
+    python -m worldbench selection [--count N]          # the pack's point selection on world references
+    python -m worldbench probe [--count N]              # quick look: does training-free P3S move identity?
+    python -m worldbench files [--quick | --gpu]        # where the trained files are
+    python -m worldbench bench [--quick] --cases N --seeds K [--split val|test] [--adapter-steps S] --out GRID.png
+                                                        # the transfer benchmark through a real ComfyUI server
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import config as config_mod
+from . import world
+
+
+def _cfg(a) -> config_mod.WorldConfig:
+    return config_mod.get("quick" if a.quick else "gpu" if a.gpu else "small" if a.small else "default")
+
+
+def _print(title: str, d: dict) -> None:
+    print(f"== {title}")
+    print(json.dumps(d, indent=1, default=lambda v: round(v, 4) if isinstance(v, float) else str(v)))
+
+
+def cmd_train(a) -> None:
+    from . import pipeline
+    cfg = _cfg(a)
+    t0 = time.time()
+    f = pipeline.train_world(cfg, gpu=a.gpu)
+    print(f"world model: {f.dir} ({(time.time() - t0) / 60:.1f} min this run)")
+    if not a.no_quality:
+        cmd_quality(a)
+    _print("metrics", json.loads(f.metrics.read_text()))
+
+
+def cmd_quality(a) -> None:
+    from . import pipeline, quality
+    cfg = _cfg(a)
+    f = pipeline.files(cfg)
+    t0 = time.time()
+    q = quality.quality_gate(cfg, per_prompt=a.per_prompt, steps=a.steps, cfg_scale=a.cfg, gpu=a.gpu,
+                             grid_path=f.dir / "quality_samples.png")
+    q["minutes"] = (time.time() - t0) / 60
+    pipeline.update_metrics(f, quality=q)
+    _print(f"quality gate ({f.dir / 'quality_samples.png'})", q)
+    print(f"quality class={q['class_found']:.3f} scene={q['scene']:.3f} "
+          f"distinct_identities={q['distinct_identities']} colour_entropy={q['colour_entropy']:.2f}")
+
+
+def cmd_reader_eval(a) -> None:
+    from . import autoencoder, pipeline, reader_train
+    cfg = _cfg(a)
+    reader = pipeline.load_reader(cfg)
+    data = reader_train.make_data("reader_eval", a.count, cfg.side, desc="held-out renders")
+    out = {"clean": reader_train.evaluate(reader, data)}
+    if pipeline.files(cfg).vae.is_file():
+        from . import comfy_env
+        comfy_env.setup()
+        ae = pipeline.load_autoencoder(cfg)
+        out["autoencoder_roundtrip"] = reader_train.evaluate(reader, data, data.roundtrip(
+            lambda x: autoencoder.roundtrip(ae, x)))
+    _print("reader", out)
+
+
+def cmd_render(a) -> None:
+    from PIL import Image
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    side = _cfg(a).side
+    for k in range(a.count):
+        if a.cases:
+            c = world.test_case(a.cases, k, side)
+            stem = f"{a.cases}_{k:04d}"
+            Image.fromarray(c.reference.image).save(out / f"{stem}.png")
+            Image.fromarray((c.reference.labels * (255 // 3)).astype(np.uint8)).save(out / f"{stem}_labels.png")
+            (out / f"{stem}.json").write_text(json.dumps({
+                "prompt": c.prompt, "prompt_scene": c.prompt_scene, "reference_scene": c.reference.scene.scene,
+                "click": c.click, "target": c.target, "identity": list(c.identity.key),
+                "lookalikes": [list(i.key) for i in c.lookalikes], "caption": c.reference.caption}, indent=1))
+        else:
+            r = world.training_image(k, side)
+            Image.fromarray(r.image).save(out / f"world_{k:05d}.png")
+            (out / f"world_{k:05d}.txt").write_text(r.caption + "\n")
+    print(f"{a.count} images in {out}")
+
+
+def cmd_export(a) -> None:
+    from .export import export
+    print(export(Path(a.out), a.count, a.split, _cfg(a).side))
+
+
+def cmd_selection(a) -> None:
+    from .selection import selection_check
+    cv = None
+    if a.clip_vision:
+        from . import comfy_env
+        comfy_env.setup()
+        from . import family, pipeline
+        cfg = _cfg(a)
+        path = pipeline.files(cfg).clip_vision
+        # the world CLIP vision is random and frozen: without the file, the same weights from its seed
+        sd = pipeline._load(path) if path.is_file() else family.vision_state(cfg.seed + 200)
+        cv = family.vision_model()
+        cv.load_sd({k: v for k, v in sd.items() if k != family.VISION_MARKER})
+    res = selection_check(a.count, a.split, _cfg(a).side, a.upscale, cv)
+    _print("selection", res)
+    print(f"selection mean_iou={res['mean_iou']:.3f} share_iou_ge_0.5={res['share_iou_ge_0.5']:.3f}")
+
+
+def cmd_probe(a) -> None:
+    from . import pipeline
+    from .probe import transfer_probe
+    cfg = _cfg(a)
+    f = pipeline.files(cfg)
+    res = transfer_probe(cfg, a.count, a.seeds, a.split, a.weight, a.mode, grid_path=f.dir / "probe_grid.png")
+    pipeline.update_metrics(f, probe=res)
+    _print(f"training-free probe (grid: {f.dir / 'probe_grid.png'}: reference | plain | P3S | no selection)", res)
+
+
+def cmd_files(a) -> None:
+    from . import pipeline
+    f = pipeline.files(_cfg(a))
+    print(json.dumps({"dir": str(f.dir), "checkpoint": str(f.checkpoint), "clip_vision": str(f.clip_vision),
+                      "vae": str(f.vae), "reader": str(f.reader), "ready": f.ready(),
+                      "registrar": str(Path(__file__).parent / "world_registrar")}, indent=1))
+
+
+def cmd_bench(a) -> None:
+    from . import bench
+    cfg = _cfg(a)
+    only = tuple(x for x in (a.variants or "").split(",") if x)
+    t0 = time.time()
+    res = bench.bench(cfg, a.cases, a.seeds, a.split, a.steps, a.cfg, a.weight, a.adapter_steps, a.adapter_data,
+                      tuple(a.acl_weights), only, Path(a.out) if a.out else None,
+                      Path(a.json) if a.json else None, a.threads)
+    print(f"== transfer benchmark: {cfg.name} world ({res['world']}), split {a.split}, {a.cases} cases x "
+          f"{a.seeds} samples, {a.steps} steps euler/normal, cfg {a.cfg}, weight {a.weight}")
+    print(res["table"])
+    rr = res["reader_on_references"]
+    print(f"control: the reader on the references finds the clicked identity in {rr['clicked']:.2f} of them "
+          f"(every identity right: {rr['all']:.2f})")
+    if res.get("grid"):
+        print(f"grid: {res['grid']['path']} (columns: {' | '.join(res['grid']['columns'])})")
+    print(f"run time: {(time.time() - t0) / 60:.1f} min wall (adapters {res['adapter_training_time']['wall_minutes']:.1f}"
+          f" min), {res['threads']} thread(s), load average {res['load_average']:.1f}")
+    print(f"best training-free variant: {res['best_training_free']} ({res['best_why']})")
+    print(res["last_line"])
+
+
+def _bench_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--cases", type=int, default=20)
+    s.add_argument("--seeds", type=int, default=4, help="samples per case (one batch from one seed)")
+    s.add_argument("--split", choices=("val", "test"), default="test",
+                   help="val: tune (writes the best training-free pick); test: report")
+    s.add_argument("--steps", type=int, default=20)
+    s.add_argument("--cfg", type=float, default=6.0)
+    s.add_argument("--weight", type=float, default=1.0, help="P3S Apply weight of every P3S variant")
+    s.add_argument("--variants", default="", help="comma-separated subset (default: all)")
+    s.add_argument("--adapter-steps", type=int, default=0, help="train adapters (ACL 0 and 100) for S steps")
+    s.add_argument("--adapter-data", type=int, default=600, help="train-split pairs exported for the adapters")
+    s.add_argument("--acl-weights", type=float, nargs="+", default=[0.0, 100.0],
+                   help="ACL weights of the adapters; the last one is the 'adapter' of the last line")
+    s.add_argument("--out", default=None, help="grid PNG to write")
+    s.add_argument("--json", default=None, help="all results as JSON")
+    s.add_argument("--threads", type=int, default=None,
+                   help="torch threads of the server and the trainer (default $P3S_WORLD_THREADS or 1)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m worldbench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def add(name, fn, **kw):
+        s = sub.add_parser(name, **kw)
+        g = s.add_mutually_exclusive_group()
+        g.add_argument("--quick", action="store_true", help="the CI smoke config")
+        g.add_argument("--gpu", action="store_true", help="the larger config (uses CUDA when present)")
+        g.add_argument("--small", action="store_true", help="a smaller model for experiments")
+        s.set_defaults(fn=fn)
+        return s
+
+    s = add("train", cmd_train)
+    s.add_argument("--no-quality", action="store_true")
+    for s in (s, add("quality", cmd_quality)):
+        s.add_argument("--per-prompt", type=int, default=10)
+        s.add_argument("--steps", type=int, default=20)
+        s.add_argument("--cfg", type=float, default=6.0)
+    add("reader-eval", cmd_reader_eval).add_argument("--count", type=int, default=500)
+    s = add("render", cmd_render)
+    s.add_argument("--out", required=True)
+    s.add_argument("--count", type=int, default=16)
+    s.add_argument("--cases", choices=world.SPLITS, help="benchmark cases of this split instead of training images")
+    s = add("export", cmd_export)
+    s.add_argument("--out", required=True)
+    s.add_argument("--count", type=int, default=1000)
+    s.add_argument("--split", choices=world.SPLITS, default="train")
+    s = add("selection", cmd_selection)
+    s.add_argument("--count", type=int, default=40)
+    s.add_argument("--split", choices=world.SPLITS, default="val")
+    s.add_argument("--upscale", type=int, default=1)
+    s.add_argument("--clip-vision", action="store_true", help="select with the world CLIP vision's tokens")
+    s = add("probe", cmd_probe)
+    s.add_argument("--count", type=int, default=8)
+    s.add_argument("--seeds", type=int, default=3)
+    s.add_argument("--split", choices=world.SPLITS, default="val")
+    s.add_argument("--weight", type=float, default=1.0)
+    s.add_argument("--mode", choices=("per_step", "cached"), default="per_step")
+    add("files", cmd_files)
+    _bench_args(add("bench", cmd_bench))
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    a.fn(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
