@@ -12,7 +12,7 @@ from .features import clip_token_width
 from .models import context_dim, model_family, transformer_layers
 from .patch import MODES, P3SPatch
 from .picker import split_input
-from .reference import ALL_FILLS, encode_reference, fit_to_native, selection_masks, subject_only
+from .reference import ALL_FILLS, encode_levels, fit_to_native, selection_masks, subject_only
 from .types import CATEGORY, Adapter, Points
 
 log = logging.getLogger("P3S")
@@ -93,8 +93,9 @@ class P3SApply(io.ComfyNode):
             adapter.check_compatible(family=family, layers=transformer_layers(model), ctx_dim=context_dim(model),
                                      clip_width=clip_token_width(clip_vision))
             tokens, valid = subject_clip_tokens(clip_vision, subject, latent_masks)
-        latent, lmask = encode_reference(model, vae, subject, latent_masks)
-        patch = P3SPatch(reference_latent=latent, mask=lmask, schedule=schedule, mode=reference_mode,
+        levels = encode_levels(model, vae, subject, latent_masks)
+        patch = P3SPatch(reference_latent=levels.latents[0], mask=levels.masks[0], levels=levels,
+                         schedule=schedule, mode=reference_mode,
                          uncond_sees_reference=uncond_sees_reference, adapter=adapter, subject_tokens=tokens,
                          subject_valid=valid)
         patched = model.clone()

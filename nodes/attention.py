@@ -1,11 +1,12 @@
-"""The biased read of appended subject tokens: per-call segment bookkeeping and the attention override.
+"""The read of appended subject tokens: per-call segment bookkeeping and the attention override.
 
 P3S's attn1 patch (nodes/patch.py) appends subject tokens to a block's self-attention keys/values and
-records where they sit, with their log(weight) bias, as an ``AppendedSegment`` in the model call's
-``AppendedSegments`` (``transformer_options[SEGMENTS_KEY]``, made fresh for every model call). The
-attention override, installed per model call in front of any override already there, takes the
-segments of its block and runs the biased attention; every other attention call goes on to the previous
-override or to ComfyUI's own function. Nothing here is global: two samplings never share segments.
+records where they sit, which rows read them and their weight, as an ``AppendedSegment`` in the model
+call's ``AppendedSegments`` (``transformer_options[SEGMENTS_KEY]``, made fresh for every model call).
+The attention override, installed per model call in front of any override already there, takes the
+segments of its block and runs ``injection.subject_read`` (fused where a kernel allows, else biased);
+every other attention call goes on to the previous override or to ComfyUI's own function. Nothing here
+is global: two samplings never share segments.
 
 A block whose self-attention another pack *replaces* (an attn1 replace: Self-Attention Guidance,
 Perturbed-Attention Guidance) never reaches the override; for the read pass its replace is wrapped so it
@@ -27,19 +28,19 @@ SEGMENTS_KEY = "p3s_segments"  # transformer_options: the AppendedSegments of th
 
 @dataclass
 class AppendedSegment:
-    """Tokens appended to one block's keys/values: keys ``offset : offset + N`` carry ``bias`` [B, N]."""
+    """Tokens appended to one block's keys/values, waiting for that block's attention call."""
 
-    key: str        # layer key, 'input.1.0'
-    offset: int     # first appended key
-    queries: int    # the block's own token count (the attention call's query length)
-    bias: torch.Tensor
+    key: str                    # layer key, 'input.1.0'
+    queries: int                # the block's own token count (the attention call's query length)
+    appended: injection.Appended
 
     def belongs_to(self, key: str, q: torch.Tensor, k: torch.Tensor) -> bool:
         """The attention call (``q``, ``k``) is the self-attention these tokens were appended to.
 
         The query count is not compared: a patch after P3S may merge the queries (ToMe) and not the keys.
         """
-        return self.key == key and self.bias.shape[0] == q.shape[0] and self.offset + self.bias.shape[1] <= k.shape[1]
+        a = self.appended
+        return self.key == key and a.rows.shape[0] == q.shape[0] and a.offset + a.valid.shape[1] <= k.shape[1]
 
 
 class AppendedSegments:
@@ -67,17 +68,6 @@ class AppendedSegments:
         return len(self._items)
 
 
-def key_bias(segments: list[AppendedSegment], keys: int) -> tuple[int, torch.Tensor]:
-    """(offset, bias) covering every segment: one segment as is, several merged into one row of keys."""
-    if len(segments) == 1:
-        return segments[0].offset, segments[0].bias
-    first = segments[0].bias
-    full = torch.zeros(first.shape[0], keys, dtype=first.dtype, device=first.device)
-    for s in segments:
-        full[:, s.offset: s.offset + s.bias.shape[1]] = s.bias.to(full.dtype)
-    return 0, full
-
-
 def _layer_key(transformer_options: dict) -> str | None:
     block = transformer_options.get("block")
     return injection.layer_key(block, transformer_options.get("block_index", 0)) if block else None
@@ -93,8 +83,7 @@ def attention_override(previous):
         if segments is not None and len(segments) and key and not kwargs.get("skip_reshape"):
             mine = segments.take(key, q, k)
         if mine:
-            offset, bias = key_bias(mine, k.shape[1])
-            return injection.biased_attention(q, k, v, heads, offset, bias)
+            return injection.subject_read(q, k, v, heads, [s.appended for s in mine])
         if previous is not None:
             return previous(func, q, k, v, heads, *args, **kwargs)
         return func(q, k, v, heads, *args, **kwargs)
@@ -114,12 +103,13 @@ def own_tokens_only(replace):
         mine = segments.take(key, q, k) if segments is not None and len(segments) and key else []
         if not mine:
             return replace(q, k, v, extra_options, *args, **kwargs)
-        own = min(s.offset for s in mine)
+        parts = [s.appended for s in mine]
+        own = min(p.offset for p in parts)
         out_own = replace(q, k[:, :own], v[:, :own], extra_options, *args, **kwargs)
         # keys appended after P3S's by other packs count as plain keys (bias 0), as in the override
-        bias = torch.zeros(q.shape[0], k.shape[1] - own, dtype=torch.float32, device=mine[0].bias.device)
-        for s in mine:
-            bias[:, s.offset - own: s.offset - own + s.bias.shape[1]] = s.bias.float()
+        bias = torch.zeros(q.shape[0], k.shape[1] - own, dtype=torch.float32, device=q.device)
+        for p in parts:
+            bias[:, p.offset - own: p.offset - own + p.valid.shape[1]] = p.bias().to(q.device)
         return merge_appended(q, k[:, :own], out_own, k[:, own:], v[:, own:], extra_options["n_heads"], bias)
     wrapped.p3s = True
     wrapped.wraps = replace

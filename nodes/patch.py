@@ -28,6 +28,7 @@ import comfy.model_patcher
 import comfy.patcher_extension as pe
 
 from ..p3s_core import injection
+from ..p3s_core.reference_scale import ReferenceLevels
 from ..p3s_core.schedule import SigmaSchedule, WeightSchedule
 from .attention import SEGMENTS_KEY, AppendedSegment, begin_read
 
@@ -49,7 +50,9 @@ class P3SRun:
         self.noise = noise                # the reference latent's noise, fixed for the whole sampling
         self.bank = injection.ReferenceBank()
         self.bank_sigma: float | None = None
-        self.keep: dict = {}              # (grid, device) -> which tokens of a layer are subject
+        self.keep: dict = {}              # (mask shape, grid, device) -> which tokens of a layer are subject
+        self.level: int | None = None     # the reference level this sampling's latent size uses
+        self.level_for: tuple | None = None
         self.weight = 0.0                 # the current model call's weight and reference rows
         self.rows: torch.Tensor | None = None
 
@@ -62,7 +65,7 @@ class P3SRun:
         return self.noise
 
     def keep_for(self, mask: torch.Tensor, grid: tuple[int, int], device) -> torch.Tensor:
-        k = (grid, str(device))
+        k = (tuple(mask.shape), grid, str(device))
         if k not in self.keep:
             self.keep[k] = injection.mask_to_tokens(mask, grid).to(device)
         return self.keep[k]
@@ -70,7 +73,7 @@ class P3SRun:
     def clear(self) -> None:
         self.bank.clear()
         self.keep.clear()
-        self.noise = self.rows = self.bank_sigma = None
+        self.noise = self.rows = self.bank_sigma = self.level = self.level_for = None
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
@@ -80,12 +83,15 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
 class P3SPatch:
     def __init__(self, *, reference_latent: torch.Tensor, mask: torch.Tensor, schedule: WeightSchedule,
                  mode: str = "per_step", uncond_sees_reference: bool = False, adapter=None, subject_tokens=None,
-                 subject_valid=None):
+                 subject_valid=None, levels: ReferenceLevels | None = None):
         if mode not in MODES:
             raise ValueError(f"P3S: reference_mode={mode!r} is unknown: use one of {', '.join(MODES)}")
         self.id = f"p3s_{uuid.uuid4().hex[:8]}"
         self.reference_latent = reference_latent  # [R, C, h, w], already process_latent_in'd
         self.mask = mask  # [R, h, w] subject mask at latent resolution
+        # the same reference at the sizes the reference pass may run at (P3S Apply's subject crop); one
+        # level, used as given, when the caller prepared the latent itself (the trainer)
+        self.levels = levels if levels is not None else ReferenceLevels.single(reference_latent, mask)
         self.schedule = schedule
         self.mode = mode
         self.uncond_sees_reference = uncond_sees_reference
@@ -201,7 +207,7 @@ class P3SPatch:
         per_chunk = x.shape[0] // max(len(cou), 1)
         chunk = cou.index(0) if 0 in cou else 0  # the reference pass reads the positive prompt
         src = (torch.arange(refs) + chunk * per_chunk if refs > 1 else torch.tensor([chunk * per_chunk])).to(x.device)
-        latent = self.reference_latent.to(x.device, x.dtype)
+        latent = self.levels.latents[self._level(run, x)].to(x.device, x.dtype)
         ref_sigma = torch.full((refs,), float(ms.sigma_min) if self.mode == "cached" else sigma, device=x.device)
         x_ref = ms.noise_scaling(ref_sigma, run.reference_noise(latent), latent)
         ctx = c_crossattn.index_select(0, src) if c_crossattn is not None else None
@@ -219,6 +225,14 @@ class P3SPatch:
         # ControlNets, which belong to the image being generated, not to the reference.
         base._apply_model(x_ref, ref_sigma, concat, ctx, None, ref_to, **extra)
         run.bank_sigma = sigma
+
+    def _level(self, run: P3SRun, x: torch.Tensor) -> int:
+        """The reference level for this sampling's latent size (p3s_core/reference_scale.py), chosen once."""
+        if run.level is None or run.level_for != tuple(x.shape[-2:]):
+            run.level, run.level_for = self.levels.pick(x.shape[-2], x.shape[-1]), tuple(x.shape[-2:])
+            log.debug("P3S: %s: reference level %d (%s) for a %s latent", self.id, run.level,
+                      tuple(self.levels.latents[run.level].shape[-2:]), tuple(x.shape[-2:]))
+        return run.level
 
     # ---- the attn1 patch -------------------------------------------------------------------------
     def __call__(self, n, context, value, extra_options):
@@ -242,18 +256,19 @@ class P3SPatch:
         own = _own_tokens(n, context, extra_options)
         shape = extra_options["original_shape"]
         grid = injection.layer_grid(own.shape[1], shape[-2], shape[-1])
-        tokens, valid = injection.gather_tokens(own, run.keep_for(self.mask, grid, own.device))
+        tokens, valid = injection.gather_tokens(own, run.keep_for(self.levels.masks[run.level or 0], grid,
+                                                                   own.device))
         run.bank.write(key, tokens, valid)
         return n, context, value
 
     def _read(self, run: P3SRun, key: str, n, context, value, segments):
-        """Read pass: append the banked subject tokens to keys/values and record their bias segment."""
+        """Read pass: append the banked subject tokens to keys/values and record where they sit."""
         entry = run.bank.read(key)
         if entry is None or segments is None or run.rows is None or run.rows.shape[0] != n.shape[0]:
             return n, context, value
         tokens, valid = entry
-        bias = injection.reference_bias(valid, run.rows, run.weight, torch.float32)
-        segments.add(AppendedSegment(key, context.shape[1], n.shape[1], bias))
+        appended = injection.Appended(context.shape[1], run.rows, valid, run.weight)
+        segments.add(AppendedSegment(key, n.shape[1], appended))
         rows = run.rows.to(n.device)
         return n, injection.append_tokens(context, tokens, rows), injection.append_tokens(value, tokens, rows)
 

@@ -1,4 +1,5 @@
-"""Preparing the subject-only reference: selection, fill (blur, flat, inpaint), VAE latent."""
+"""Preparing the subject-only reference: selection, fill (blur, flat, inpaint), VAE latents of the
+subject's crop at every level (p3s_core/reference_scale.py)."""
 from __future__ import annotations
 
 import logging
@@ -11,6 +12,7 @@ import comfy.utils
 import latent_preview
 
 from ..p3s_core.fill import FILL_MODES, check_fill, fill_outside
+from ..p3s_core.reference_scale import ReferenceLevels, level_sizes, subject_box
 from ..p3s_core.rngr import select_subject
 from .features import clip_features
 from .models import context_dim, native_side
@@ -127,3 +129,27 @@ def encode_reference(model, vae, subject: torch.Tensor, masks: torch.Tensor) -> 
     latent = model.model.process_latent_in(latent).float().cpu()
     m = F.interpolate(masks[:, None].float(), size=latent.shape[-2:], mode="area")[:, 0]
     return latent, m
+
+
+def encode_levels(model, vae, subject: torch.Tensor, masks: torch.Tensor) -> ReferenceLevels:
+    """The subject's box (plus margin) of the subject-only reference, VAE-encoded at every level.
+
+    ``subject`` [R, H, W, 3] and ``masks`` [R, H, W] at the size the reference was brought to; one box
+    (the union of the references' subjects) so the levels stay batched.
+    """
+    top, left, bottom, right = subject_box(masks)
+    crop, crop_masks = subject[:, top:bottom, left:right, :3], masks[:, top:bottom, left:right]
+    latents, lmasks, scales = [], [], []
+    for h, w, scale in level_sizes(bottom - top, right - left):
+        image, level_masks = crop, crop_masks
+        if (h, w) != crop.shape[1:3]:
+            image = F.interpolate(crop.movedim(-1, 1), size=(h, w), mode="area").movedim(1, -1)
+            level_masks = F.interpolate(crop_masks[:, None].float(), size=(h, w), mode="area")[:, 0]
+        latent, lmask = encode_reference(model, vae, image, level_masks)
+        latents.append(latent)
+        lmasks.append(lmask)
+        scales.append(scale)
+    full_cells = (subject.shape[1] / 8) * (subject.shape[2] / 8)
+    log.debug("P3S: reference crop %dx%d of %dx%d, %d levels", right - left, bottom - top, subject.shape[2],
+              subject.shape[1], len(latents))
+    return ReferenceLevels(latents, lmasks, scales, full_cells)

@@ -6,14 +6,23 @@ appended token carries an additive attention bias of log(weight): weight 1 is pl
 ("reference-only"), weight w multiplies every reference token's attention share by w before
 normalisation, and weight 0 (no tokens at all) is plain sampling. Padding and disabled rows get -inf,
 so no token outside the subject mask can ever receive attention.
+
+``subject_read`` computes exactly that without an additive mask where it can: the image's own keys go
+through a fused attention kernel and each reference's subject tokens through another, for only the rows
+that read them, and the parts are merged with their log-sum-exps plus log(weight)
+(p3s_core/lse_attention.py). ``biased_attention`` is the masked formulation it is checked against and
+falls back to.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from . import lse_attention
 
 
 def layer_grid(tokens: int, height: int, width: int) -> tuple[int, int]:
@@ -113,6 +122,113 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: i
     qh, kh, vh = (t.reshape(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
     out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=full[:, None, None, :])
     return out.transpose(1, 2).reshape(b, tq, inner)
+
+
+class Appended(NamedTuple):
+    """Reference tokens appended to the keys/values of one attention call: keys ``offset : offset + N``.
+
+    Row b of the call reads reference row ``rows[b]`` (-1: none); of its N appended tokens only those
+    with ``valid[rows[b]]`` exist (the rest is padding); every one carries the bias log(``weight``).
+    """
+
+    offset: int
+    rows: torch.Tensor    # [B] long
+    valid: torch.Tensor   # [R, N] bool
+    weight: float
+
+    def bias(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return reference_bias(self.valid, self.rows, self.weight, dtype)
+
+
+def _tail_layout(parts: Sequence[Appended], keys: int) -> int | None:
+    """The number of the image's own keys when ``parts`` are contiguous after them up to the last key."""
+    ordered = sorted(parts, key=lambda p: p.offset)
+    end = keys
+    for p in reversed(ordered):
+        if p.offset + p.valid.shape[1] != end:
+            return None
+        end = p.offset
+    return end
+
+
+def _heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, T, heads * d] -> a [B, heads, T, d] view (the layout the attention kernels take)."""
+    b, n, inner = t.shape
+    return t.view(b, n, heads, inner // heads).transpose(1, 2)
+
+
+def _row_groups(rows: torch.Tensor) -> list[tuple[int, slice | torch.Tensor]]:
+    """(reference row, the call's rows that read it): a slice when they are adjacent (ComfyUI stacks
+    the cond and uncond chunks), else an index tensor."""
+    groups = []
+    for r in torch.unique(rows[rows >= 0]).tolist():
+        idx = torch.nonzero(rows == r).flatten()
+        first, last = int(idx[0]), int(idx[-1])
+        groups.append((r, slice(first, last + 1) if last - first + 1 == idx.numel() else idx))
+    return groups
+
+
+def _part_keys(t: torch.Tensor, at, part: Appended, r: int) -> torch.Tensor:
+    """Keys (or values) [b, n, C] of reference row ``r``'s real tokens for the rows ``at`` (no padding)."""
+    idx = torch.nonzero(part.valid[r].to(t.device)).flatten()
+    t = t[at]
+    if idx.numel() == 0 or int(idx[-1]) == idx.numel() - 1:  # gathered tokens first, padding last
+        return t[:, part.offset: part.offset + idx.numel()]
+    return t.index_select(1, idx + part.offset)
+
+
+def fused_subject_read(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                       parts: Sequence[Appended]) -> torch.Tensor | None:
+    """``biased_attention`` computed without a mask: None where no fused kernel applies (see module doc).
+
+    Works in the [B, T, heads, d] layout the CPU kernel writes, so the merge touches contiguous memory.
+    """
+    own = _tail_layout(parts, k.shape[1])
+    if not own:
+        return None
+    b, tq, inner = q.shape
+    scale = (inner // heads) ** -0.5
+    first = lse_attention.lse_attention(_heads(q, heads), _heads(k[:, :own], heads), _heads(v[:, :own], heads),
+                                        scale)
+    if first is None:
+        return None
+    out, lse = first[0].transpose(1, 2), first[1].transpose(1, 2)  # [B, T, H, d], [B, T, H]
+    for part in parts:
+        if part.weight <= 0:
+            continue
+        for r, at in _row_groups(part.rows.to(q.device)):
+            kr, vr = _part_keys(k, at, part, r), _part_keys(v, at, part, r)
+            if kr.shape[1] == 0:
+                continue
+            got = lse_attention.lse_attention(_heads(q[at], heads), _heads(kr, heads), _heads(vr, heads), scale)
+            if got is None:
+                return None
+            merged, merged_lse = lse_attention.merge(out[at], lse[at], got[0].transpose(1, 2),
+                                                     got[1].transpose(1, 2) + math.log(part.weight))
+            out[at], lse[at] = merged.to(out.dtype), merged_lse
+    return out.reshape(b, tq, inner)
+
+
+def subject_read(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                 parts: Sequence[Appended]) -> torch.Tensor:
+    """Self-attention whose keys end with appended reference tokens (``parts``), each with its bias:
+    the fused read where a kernel allows it, else the masked ``biased_attention``; the same result."""
+    out = fused_subject_read(q, k, v, heads, parts)
+    if out is not None:
+        return out
+    offset, bias = merged_bias(parts, k.shape[1])
+    return biased_attention(q, k, v, heads, offset, bias)
+
+
+def merged_bias(parts: Sequence[Appended], keys: int) -> tuple[int, torch.Tensor]:
+    """(offset, bias) covering every part: one part as is, several merged into one row of keys."""
+    if len(parts) == 1:
+        return parts[0].offset, parts[0].bias()
+    first = parts[0].bias()
+    full = torch.zeros(first.shape[0], keys, dtype=first.dtype, device=first.device)
+    for p in parts:
+        full[:, p.offset: p.offset + p.valid.shape[1]] = p.bias(full.dtype)
+    return 0, full
 
 
 @dataclass

@@ -57,14 +57,15 @@ def test_weight_zero_and_closed_window_equal_plain_ksampler(env):
 
 
 def _instrument(env, monkeypatch):
-    """Record every biased attention call (the read of the reference tokens) with its inputs."""
+    """Record every read of the reference tokens with its inputs, as (offset, bias) of the keys."""
     calls = []
-    orig = env.inj.biased_attention
+    orig = env.inj.subject_read
 
-    def spy(q, k, v, heads, offset, bias):
+    def spy(q, k, v, heads, parts):
+        offset, bias = env.inj.merged_bias(parts, k.shape[1])
         calls.append({"q": q.shape[1], "k": k.clone(), "offset": offset, "bias": bias.clone()})
-        return orig(q, k, v, heads, offset, bias)
-    monkeypatch.setattr(env.inj, "biased_attention", spy)
+        return orig(q, k, v, heads, parts)
+    monkeypatch.setattr(env.inj, "subject_read", spy)
     return calls
 
 
