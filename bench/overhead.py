@@ -180,6 +180,8 @@ def _server(args, base: Path, models: Path) -> Server:
     # glibc returns freed blocks above this size to the kernel at once, so VmHWM - VmRSS is what a sampling
     # really added (with the default dynamic threshold, freed tensors stay in RSS and hide the next peak)
     os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
+    if args.threads:  # torch reads it when the server starts
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
     return Server(base, custom_nodes=nodes, models=models, cpu=args.device == "cpu", extra_args=extra,
                   timeout=600)
 
@@ -193,6 +195,8 @@ def parse_args(argv=None):
     ap.add_argument("--peer", default=None, help="a checkout of ComfyUI-Advanced-ControlNet: adds its Reference")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--attention", choices=("pytorch", "default"), default="pytorch")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads of the server (default: torch's, one per core); 1 is steadier on a busy machine")
     ap.add_argument("--seed", type=int, default=0, help="of the run order")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per run")
     ap.add_argument("--json", default=None, help="write every record and the summary here")
@@ -213,7 +217,8 @@ def main(argv=None) -> dict:
     base = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="p3s_overhead_"))
     models = Path(a.models)
     ckpt = _checkpoint(a.family, models)
-    print(f"checkpoint {ckpt} ({a.family}), device {a.device}, attention {a.attention}, sizes {steps}, "
+    print(f"checkpoint {ckpt} ({a.family}), device {a.device}, attention {a.attention}, threads "
+          f"{a.threads or 'default'}, sizes {steps}, "
           f"variants {variants}, load average {os.getloadavg()[0]:.1f}", flush=True)
     t0 = time.time()
     server = _server(a, base, models)
