@@ -82,14 +82,18 @@ def base_nodes(ckpt: str, sizes: list[int], peer: bool) -> dict:
     return nodes
 
 
-def prompt_for(base: dict, variant: str, size: int, steps: int, seed: int) -> dict:
-    """The run's prompt: the shared nodes plus KSampler -> VAEDecode -> PreviewImage for ``variant``."""
+def prompt_for(base: dict, variant: str, size: int, steps: int, seed: int, decode: bool = True) -> dict:
+    """The run's prompt: the shared nodes plus KSampler -> VAEDecode -> PreviewImage for ``variant``
+    (``decode=False``: KSampler -> SaveLatent; the decode is never timed, only the wall time it costs)."""
     model = [P3S_VARIANTS[variant], 0] if variant in P3S_VARIANTS else ["ckpt", 0]
     pos, neg = ([f"acn_apply{size}", 0], [f"acn_apply{size}", 1]) if variant == "peer" else (["pos", 0], ["neg", 0])
     p = dict(base)
     p["ks"] = {"class_type": "KSampler", "inputs": {
         "model": model, "seed": seed, "steps": steps, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
         "positive": pos, "negative": neg, "latent_image": [f"lat{size}", 0], "denoise": 1.0}}
+    if not decode:
+        p["out"] = {"class_type": "SaveLatent", "inputs": {"samples": ["ks", 0], "filename_prefix": "bench/run"}}
+        return p
     p["dec"] = {"class_type": "VAEDecode", "inputs": {"samples": ["ks", 0], "vae": ["ckpt", 2]}}
     p["out"] = {"class_type": "PreviewImage", "inputs": {"images": ["dec", 0]}}
     return p
@@ -197,6 +201,8 @@ def parse_args(argv=None):
     ap.add_argument("--attention", choices=("pytorch", "default"), default="pytorch")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads of the server (default: torch's, one per core); 1 is steadier on a busy machine")
+    ap.add_argument("--no-decode", action="store_true",
+                    help="end each prompt at SaveLatent, not VAEDecode -> PreviewImage (saves wall time on a slow CPU)")
     ap.add_argument("--seed", type=int, default=0, help="of the run order")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per run")
     ap.add_argument("--json", default=None, help="write every record and the summary here")
@@ -228,10 +234,10 @@ def main(argv=None) -> dict:
         shared = base_nodes(ckpt, sizes, bool(a.peer))
         for size in sizes:  # warm-up: loads, the P3S Apply nodes, allocator growth; not timed
             for v in variants:
-                run_once(server, prompt_for(shared, v, size, 1, 0), a.timeout)
+                run_once(server, prompt_for(shared, v, size, 1, 0, not a.no_decode), a.timeout)
         print(f"server up and warm in {time.time() - t0:.0f}s", flush=True)
         for i, (r, size, v) in enumerate(schedule(variants, sizes, a.rounds, random.Random(a.seed))):
-            rec = run_once(server, prompt_for(shared, v, size, steps[size], 1000 + i), a.timeout)
+            rec = run_once(server, prompt_for(shared, v, size, steps[size], 1000 + i, not a.no_decode), a.timeout)
             records.append({**rec, "round": r, "size": size, "variant": v})
             print(f"round {r} {size:5d}px {v:9s} {rec['seconds']:8.2f}s  added peak "
                   f"{rec['added_peak_bytes'] / 2**20:7.0f} MiB  ran {','.join(rec['ran'])}", flush=True)
