@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import graphs
 import scenes
 
 SIDE = 64
@@ -20,14 +21,7 @@ OTHERS = {"SelfAttentionGuidance": {"scale": 0.5, "blur_sigma": 2.0},
 
 def _graph(chain: list[tuple[str, dict]], points: str, tag: str) -> dict:
     """checkpoint -> the MODEL chain (``("p3s", {"weight": w})`` or a node class with inputs) -> KSampler -> latent."""
-    p = {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
-        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a dog on the beach", "clip": ["ckpt", 1]}},
-        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
-        "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": SIDE, "height": SIDE, "batch_size": 1}},
-        "ref": {"class_type": "LoadImage", "inputs": {"image": "p3s_compose_ref.png"}},
-        "pick": {"class_type": "P3SPointPicker", "inputs": {"image": ["ref", 0], "points": points}},
-    }
+    p = graphs.prompt_head("tiny_sd15.safetensors", "p3s_compose_ref.png", points, SIDE)
     model = ["ckpt", 0]
     for i, (kind, inputs) in enumerate(chain):
         if kind == "p3s":
@@ -86,10 +80,7 @@ def test_p3s_composes_with_the_other_node_in_both_orders(run_chain, other):
 @pytest.fixture(scope="module")
 def env(host):
     N = host.nodes
-    with torch.inference_mode():
-        model, clip, vae = N.CheckpointLoaderSimple().load_checkpoint("tiny_sd15.safetensors")[:3]
-        pos = N.CLIPTextEncode().encode(clip, "a dog on a beach")[0]
-        neg = N.CLIPTextEncode().encode(clip, "")[0]
+    model, clip, vae, pos, neg = graphs.load_encoded(N, "tiny_sd15.safetensors", "a dog on a beach")
     image, masks, _ = scenes.two_subjects(SIDE, SIDE, seed=2)
     return {"N": N, "model": model, "vae": vae, "pos": pos, "neg": neg, "image": image, "masks": masks}
 

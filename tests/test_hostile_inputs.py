@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+import graphs
 import scenes
 from host import ExecutionFailed
 
@@ -19,13 +20,8 @@ SIDE = 64
 
 
 def _graph(adapter: str | None, points: str, weight: float = 1.0, seed: int = 3) -> dict:
-    p = {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
-        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a dog on the beach", "clip": ["ckpt", 1]}},
-        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
-        "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": SIDE, "height": SIDE, "batch_size": 1}},
-        "ref": {"class_type": "LoadImage", "inputs": {"image": "p3s_hostile_ref.png"}},
-        "pick": {"class_type": "P3SPointPicker", "inputs": {"image": ["ref", 0], "points": points}},
+    p = graphs.prompt_head("tiny_sd15.safetensors", "p3s_hostile_ref.png", points, SIDE)
+    p.update({
         "cv": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": "tiny_clip_vision.safetensors"}},
         "apply": {"class_type": "P3SApply", "inputs": {"model": ["ckpt", 0], "vae": ["ckpt", 2],
                                                        "reference": ["ref", 0], "points": ["pick", 0],
@@ -36,7 +32,7 @@ def _graph(adapter: str | None, points: str, weight: float = 1.0, seed: int = 3)
                                                         "seed": seed, "steps": 2, "cfg": 5.0, "sampler_name": "euler",
                                                         "scheduler": "normal", "denoise": 1.0}},
         "save": {"class_type": "SaveLatent", "inputs": {"samples": ["sample", 0], "filename_prefix": "hostile/out"}},
-    }
+    })
     if adapter:
         p["load"] = {"class_type": "P3SLoadAdapter", "inputs": {"adapter_name": adapter}}
         p["apply"]["inputs"]["adapter"] = ["load", 0]

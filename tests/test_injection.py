@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import graphs
 import scenes
 
 STEPS = 3
@@ -333,10 +334,7 @@ def test_subject_only_reference_fills(env, fill):
 def test_sdxl_checkpoint_through_comfyui_loader(env):
     """The tiny SDXL family loads through CheckpointLoaderSimple; P3S (inpaint fill too) runs on it."""
     N = env.N
-    with torch.inference_mode():
-        model, clip, vae = N.CheckpointLoaderSimple().load_checkpoint("tiny_sdxl.safetensors")[:3]
-        pos = N.CLIPTextEncode().encode(clip, "a dog on a beach")[0]
-        neg = N.CLIPTextEncode().encode(clip, "")[0]
+    model, clip, vae, pos, neg = graphs.load_encoded(N, "tiny_sdxl.safetensors", "a dog on a beach")
     assert env.host.pack("nodes.models").model_family(model) == "sdxl"
     plain = sample(env, model, pos=pos, neg=neg)
     with torch.inference_mode():

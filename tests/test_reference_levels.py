@@ -5,16 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import graphs
 import scenes
 
 
 @pytest.fixture(scope="module")
 def env(host):
     N = host.nodes
-    with torch.inference_mode():
-        model, clip, vae = N.CheckpointLoaderSimple().load_checkpoint("tiny_sd15.safetensors")[:3]
-        pos = N.CLIPTextEncode().encode(clip, "a dog")[0]
-        neg = N.CLIPTextEncode().encode(clip, "")[0]
+    model, clip, vae, pos, neg = graphs.load_encoded(N, "tiny_sd15.safetensors", "a dog")
     image, masks, _ = scenes.two_subjects(320, 240, seed=4)
     return {"N": N, "model": model, "vae": vae, "pos": pos, "neg": neg, "image": image, "masks": masks,
             "Apply": N.NODE_CLASS_MAPPINGS["P3SApply"], "patch": host.pack("nodes.patch"),
