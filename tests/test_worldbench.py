@@ -87,8 +87,8 @@ def test_benchmark_cases_and_splits():
         assert c.identity.split() == "test"
         assert 2 <= len(c.reference.scene.subjects) <= 3
         assert c.prompt_scene != c.reference.scene.scene and world.SCENE_PHRASES[c.prompt_scene] in c.prompt
-        for other in c.lookalikes:
-            assert other.cls == c.identity.cls and other != c.identity
+        for other in c.lookalikes:  # same class, another body colour (the attribute clicked/leak score)
+            assert other.cls == c.identity.cls and other.colour != c.identity.colour
         x, y = c.click
         assert c.reference.labels[int(y), int(x)] == c.target + 1
         assert all(c.reference.mask(i).sum() >= 0.03 * 64 * 64 for i in range(len(c.reference.scene.subjects)))
@@ -291,8 +291,17 @@ def test_bench_last_line_and_table():
     m = np.ones((64, 64), bool)
     t.add(Reading(case.prompt_scene, 1.0, [Found(m, *case.identity.key, 1.0)]), case)
     t.add(Reading(case.reference.scene.scene, 1.0, [Found(m, *case.lookalikes[0].key, 1.0)]), case)
+    # the clicked colour with another pattern: clicked (colour identity), not clicked_full
+    other_pattern = next(p for p in world.PATTERNS if p != case.identity.pattern)
+    got = t.add(Reading(case.prompt_scene, 1.0, [Found(m, case.identity.cls, case.identity.colour, other_pattern,
+                                                         case.identity.collar, 1.0)]), case)
+    assert got["clicked"] and not got["clicked_full"] and not got["leak"]
+    t = bench.Tally()
+    t.add(Reading(case.prompt_scene, 1.0, [Found(m, *case.identity.key, 1.0)]), case)
+    t.add(Reading(case.reference.scene.scene, 1.0, [Found(m, *case.lookalikes[0].key, 1.0)]), case)
     s = t.summary()
     assert s["n"] == 2 and s["clicked"]["share"] == 0.5 and s["leak"]["share"] == 0.5 and s["prompt"]["share"] == 0.5
+    assert s["clicked_full"]["share"] == 0.5 and s["leak_full"]["share"] == 0.5
     assert s["ref_scene"]["share"] == 0.5 and s["clicked"]["ci95"][0] < 0.5 < s["clicked"]["ci95"][1]
     res["variants"] = {"plain": s, "per_step": s}
     line = bench.last_line(res, "per_step")

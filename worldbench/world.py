@@ -158,9 +158,12 @@ SIZES = {1: (0.50, 0.62), 2: (0.36, 0.42), 3: (0.30, 0.34)}  # dog body length b
 BIRD_SCALE = 0.95  # bird height relative to a dog's body length
 
 
-def _lookalike(rng: np.random.Generator, ident: Identity, taken: set, pool: list[Identity] | None) -> Identity:
-    """Same class, one to three identity attributes changed (a look-alike, never a twin)."""
-    cands = [i for i in (pool or identities(cls=ident.cls)) if i.cls == ident.cls and i.key not in taken]
+def _lookalike(rng: np.random.Generator, ident: Identity, taken: set, pool: list[Identity] | None,
+               other_colour: bool = False) -> Identity:
+    """Same class, one to three identity attributes changed (a look-alike, never a twin); with
+    ``other_colour`` the body colour is always one of the changed attributes."""
+    cands = [i for i in (pool or identities(cls=ident.cls)) if i.cls == ident.cls and i.key not in taken
+             and (not other_colour or i.colour != ident.colour)]
     diffs = np.array([sum(a != b for a, b in zip(i.key[1:], ident.key[1:])) for i in cands])
     want = int(rng.choice([1, 2, 3], p=[0.45, 0.35, 0.20]))
     close = [c for c, d in zip(cands, diffs) if d == want] or [c for c, d in zip(cands, diffs) if d > 0]
@@ -190,9 +193,11 @@ def _layout(rng: np.random.Generator, n: int, size: float, cls: str) -> tuple[fl
 
 def sample_scene(rng: np.random.Generator, *, n: int | None = None, scene: str | None = None,
                  cls: str | None = None, first: Identity | None = None, pool: list[Identity] | None = None,
-                 twin_share: float = 0.0, count_p: tuple[float, float, float] = (0.45, 0.40, 0.15)) -> Scene:
+                 twin_share: float = 0.0, count_p: tuple[float, float, float] = (0.45, 0.40, 0.15),
+                 other_colour: bool = False) -> Scene:
     """A random scene. ``first``: identity of subject 0; ``pool``: identities to draw from (default all);
-    the others are look-alikes of subject 0 (or, with probability ``twin_share``, identical twins)."""
+    the others are look-alikes of subject 0 (or, with probability ``twin_share``, identical twins), with
+    ``other_colour`` always of another body colour than subject 0."""
     n = n or int(rng.choice([1, 2, 3], p=count_p))
     scene = scene or SCENES[int(rng.integers(len(SCENES)))]
     pool = pool or list(ALL_IDENTITIES)
@@ -202,7 +207,7 @@ def sample_scene(rng: np.random.Generator, *, n: int | None = None, scene: str |
     twins = n > 1 and rng.random() < twin_share
     idents, taken = [first], {first.key}
     for _ in range(n - 1):
-        nxt = first if twins else _lookalike(rng, first, taken, pool)
+        nxt = first if twins else _lookalike(rng, first, taken, pool, other_colour)
         idents.append(nxt)
         taken.add(nxt.key)
     lo, hi = SIZES[n]
@@ -273,14 +278,19 @@ def body_centre(s: Subject, side: int) -> tuple[float, float]:
 
 def test_case(split: str, index: int, side: int = 64) -> Case:
     """Case ``index`` of ``split``: 2-3 look-alikes (the clicked one's identity from ``split``; the others
-    from any split), every subject at least 3 % of the image, and a prompt naming a different scene."""
+    from any split), every subject at least 3 % of the image, and a prompt naming a different scene.
+
+    The look-alikes always differ from the clicked subject in body colour (and in 0-2 more attributes):
+    colour is the identity attribute the 64 px world's autoencoder carries (the reader reads it at 0.91
+    through a round trip, pattern at 0.58 and collar at 0.68), so it is what ``clicked`` and ``leak`` are
+    scored on; the full four-attribute identity is reported next to it."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     rng = rng_for(split, index)
     pool = identities(split)
     for _ in range(50):
         first = pool[int(rng.integers(len(pool)))]
-        sc = sample_scene(rng, n=int(rng.choice([2, 3], p=[0.6, 0.4])), first=first)
+        sc = sample_scene(rng, n=int(rng.choice([2, 3], p=[0.6, 0.4])), first=first, other_colour=True)
         r = render(sc, side)
         areas = [r.mask(i).sum() for i in range(len(sc.subjects))]
         if min(areas) >= 0.03 * side * side:
