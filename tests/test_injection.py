@@ -8,28 +8,13 @@ import torch
 import torch.nn.functional as F
 
 import graphs
-import scenes
 
 STEPS = 3
 
 
-class Ctx:
-    pass
-
-
 @pytest.fixture(scope="module")
 def env(host):
-    N = host.nodes
-    e = Ctx()
-    e.host, e.N = host, N
-    with torch.inference_mode():
-        e.model, e.clip, e.vae = N.CheckpointLoaderSimple().load_checkpoint("tiny_sd15.safetensors")[:3]
-        e.pos = N.CLIPTextEncode().encode(e.clip, "a photo of a dog on a beach")[0]
-        e.neg = N.CLIPTextEncode().encode(e.clip, "blurry")[0]
-    e.image, e.masks, e.centers = scenes.two_subjects(64, 64, seed=2)
-    e.Apply = N.NODE_CLASS_MAPPINGS["P3SApply"]
-    e.Sampler = N.NODE_CLASS_MAPPINGS["P3SSampler"]
-    e.patch_mod = host.pack("nodes.patch")
+    e = graphs.injection_env(host)
     e.attention_mod = host.pack("nodes.attention")
     e.inj = host.pack("p3s_core.injection")
     return e

@@ -14,32 +14,16 @@ import threading
 import pytest
 import torch
 
-import scenes
+import graphs
 
 STEPS = 3
 TIMEOUT = 240
 
 
-class Ctx:
-    pass
-
-
 @pytest.fixture(scope="module")
 def env(host):
-    N = host.nodes
-    e = Ctx()
-    e.N = N
-    e.patch_mod = host.pack("nodes.patch")
-    e.Apply = N.NODE_CLASS_MAPPINGS["P3SApply"]
-    e.copies = []
-    with torch.inference_mode():
-        for _ in range(2):  # two loads of the same file: two independent MODELs with the same weights
-            model, clip, vae = N.CheckpointLoaderSimple().load_checkpoint("tiny_sd15.safetensors")[:3]
-            e.copies.append((model, vae))
-        e.pos = N.CLIPTextEncode().encode(clip, "a photo of a dog on a beach")[0]
-        e.neg = N.CLIPTextEncode().encode(clip, "blurry")[0]
-    e.image, e.masks, _ = scenes.two_subjects(64, 64, seed=2)
-    return e
+    # ComfyUI tracks one running sampling per loaded model (current_patcher): two loads, two models
+    return graphs.injection_env(host, copies=2)
 
 
 def _apply(e, copy: int, subject: int, mode: str):

@@ -2,6 +2,8 @@
 Point Picker) and the in-process equivalent (checkpoint loaded, prompts encoded)."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 
 
@@ -24,3 +26,25 @@ def load_encoded(nodes, ckpt: str, text: str) -> tuple:
         pos = nodes.CLIPTextEncode().encode(clip, text)[0]
         neg = nodes.CLIPTextEncode().encode(clip, "")[0]
     return model, clip, vae, pos, neg
+
+
+def injection_env(host, copies: int = 1) -> SimpleNamespace:
+    """The injection tests' shared setup: ``copies`` separate loads of the tiny SD1.5 checkpoint
+    (``.copies``: [(model, vae)]; ``.model/.clip/.vae``: the first), a prompt pair, the two-subject scene and
+    the pack's P3S Apply / P3S Sampler nodes and patch module."""
+    import scenes
+    N = host.nodes
+    e = SimpleNamespace(host=host, N=N, copies=[])
+    with torch.inference_mode():
+        for _ in range(copies):  # separate loads: independent MODELs with the same weights
+            model, clip, vae = N.CheckpointLoaderSimple().load_checkpoint("tiny_sd15.safetensors")[:3]
+            e.copies.append((model, vae))
+        e.model, e.vae = e.copies[0]
+        e.clip = clip
+        e.pos = N.CLIPTextEncode().encode(clip, "a photo of a dog on a beach")[0]
+        e.neg = N.CLIPTextEncode().encode(clip, "blurry")[0]
+    e.image, e.masks, e.centers = scenes.two_subjects(64, 64, seed=2)
+    e.Apply = N.NODE_CLASS_MAPPINGS["P3SApply"]
+    e.Sampler = N.NODE_CLASS_MAPPINGS["P3SSampler"]
+    e.patch_mod = host.pack("nodes.patch")
+    return e
