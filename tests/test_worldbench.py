@@ -364,3 +364,12 @@ def test_bench_picks_the_best_training_free_variant_on_val_only(tmp_path, monkey
     best, why = bench.best_training_free(test, cfg)
     assert best == "cached" and why.startswith("picked on val (3 cases x 2 seeds)")
     assert "not this run's settings" in bench.best_training_free({**test, "weight": 0.5}, cfg)[1]
+
+
+def test_adapter_loss_terms_are_read_from_the_trainers_log():
+    """The adapter's .json records the ACL term's size next to the diffusion loss (read from the log lines)."""
+    from worldbench.bench import loss_terms
+    log_text = "\n".join(f"INFO P3S: step {i}/6 loss {1.0 / i:.5f} acl {i * 1e-8:.3g}" for i in range(1, 7))
+    got = loss_terms(log_text)
+    assert got["log_rows"] == 3 and got["acl_median"] == pytest.approx(5e-8) and got["loss_median"] == pytest.approx(0.2)
+    assert loss_terms("no log lines") == {}

@@ -188,10 +188,23 @@ def train_adapters(cfg: WorldConfig, steps: int, acl_weights: tuple[float, ...],
             if run.returncode != 0 or not path.is_file():
                 raise RuntimeError(f"adapter training failed ({run.returncode}):\n{run.stdout[-3000:]}"
                                    f"\n{run.stderr[-3000:]}")
-            (path.with_suffix(".json")).write_text(json.dumps({"minutes": (time.time() - t0) / 60, "cmd": cmd[1:]},
-                                                              indent=1))
+            (path.with_suffix(".json")).write_text(json.dumps({"minutes": (time.time() - t0) / 60, "cmd": cmd[1:],
+                                                               **loss_terms(run.stdout + run.stderr)}, indent=1))
         out["adapter" if w == acl_weights[-1] else f"adapter_acl{w:g}"] = path
     return out
+
+
+def loss_terms(log_text: str) -> dict:
+    """The trainer's logged loss and ACL term (``P3S: step i/n loss L acl A``), medians over the last half of
+    the run: how large the Attention Consistency Loss is next to the diffusion loss on this model."""
+    import re
+    rows = [(float(m[1]), float(m[2])) for m in re.finditer(r"step \d+/\d+ loss ([-\d.e+naif]+) acl ([-\d.e+naif]+)",
+                                                            log_text)]
+    rows = rows[len(rows) // 2:]
+    if not rows:
+        return {}
+    med = lambda xs: float(np.nanmedian(xs))  # noqa: E731  (acl is nan when not recorded: ACL weight 0)
+    return {"loss_median": med([r[0] for r in rows]), "acl_median": med([r[1] for r in rows]), "log_rows": len(rows)}
 
 
 # ---- the run --------------------------------------------------------------------------------------------------
