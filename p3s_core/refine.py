@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .similarity import gaussian_blur
+from .filters import box_mean, gaussian_blur
 
 
 def grow(mask: np.ndarray, n: float) -> np.ndarray:
@@ -49,24 +49,6 @@ def bbox(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
     h, w = mask.shape
     return (slice(max(int(rows.min()) - margin, 0), min(int(rows.max()) + margin + 1, h)),
             slice(max(int(cols.min()) - margin, 0), min(int(cols.max()) + margin + 1, w)))
-
-
-def _box_sum_1d(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:
-    """Sum over a window of 2r+1 along ``dim`` (inside the image only), by cumulative sums: O(1) a pixel."""
-    n = x.shape[dim]
-    pad = [0, 0] * (x.ndim - 1 - dim % x.ndim) + [r + 1, r]
-    cs = F.pad(x, pad).cumsum(dim)
-    return cs.narrow(dim, 2 * r + 1, n) - cs.narrow(dim, 0, n)
-
-
-def box_mean(x: torch.Tensor, r: int) -> torch.Tensor:
-    """Mean of [N, C, h, w] over a (2r+1)^2 window; at the border, over the part inside the image."""
-    if r <= 0:
-        return x
-    h, w = x.shape[-2:]
-    count_h = _box_sum_1d(torch.ones(1, 1, h, 1, dtype=x.dtype), r, 2)
-    count_w = _box_sum_1d(torch.ones(1, 1, 1, w, dtype=x.dtype), r, 3)
-    return _box_sum_1d(_box_sum_1d(x, r, 3), r, 2) / (count_h * count_w)
 
 
 def _nll(x: torch.Tensor, weights: torch.Tensor, r: int, prior: float = 4.0) -> torch.Tensor:

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
+
+from .features import sobel
 
 Cell = tuple[int, int]
 
@@ -34,9 +35,7 @@ EDGE_WEIGHT = 1.0  # how much an image edge lowers the landscape (0 = shape alon
 def edge_strength(lab: torch.Tensor, region: np.ndarray) -> np.ndarray:
     """[h, w] 0..1: colour gradient magnitude of ``lab`` [1, 3, h, w], relative to its typical strength
     inside ``region`` (the 90th percentile), so texture inside a subject stays well below 1."""
-    kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]]).view(1, 1, 3, 3).repeat(3, 1, 1, 1) / 8
-    x = F.pad(lab, (1, 1, 1, 1), mode="replicate")
-    gx, gy = F.conv2d(x, kx, groups=3), F.conv2d(x, kx.transpose(2, 3), groups=3)
+    gx, gy = sobel(lab)
     mag = (gx * gx + gy * gy).sum(1)[0].sqrt().numpy()
     ref = np.percentile(mag[region], 90) if region.any() else 0.0
     return np.clip(mag / max(ref * 2.0, 1e-6), 0, 1)
@@ -91,10 +90,15 @@ def flood(region: np.ndarray, land: np.ndarray, markers: np.ndarray, levels: int
         seeded = wet & (lab > 0)
         if not todo.any() or not seeded.any():
             continue
-        pools, _ = ndimage.label(wet)
-        _, (ir, ic) = ndimage.distance_transform_edt(~seeded, return_indices=True)
-        ok = todo & (pools[ir, ic] == pools)
-        lab[ok] = lab[ir, ic][ok]
+        # Only the wet pixels' box: every seeded pixel lies in it, so the nearest one is found there
+        # too, and at high water levels the box is small.
+        rows, cols = np.nonzero(wet.any(1))[0], np.nonzero(wet.any(0))[0]
+        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        w_lab, w_todo = lab[box], todo[box]
+        pools, _ = ndimage.label(wet[box])
+        _, (ir, ic) = ndimage.distance_transform_edt(~seeded[box], return_indices=True)
+        ok = w_todo & (pools[ir, ic] == pools)
+        w_lab[ok] = w_lab[ir, ic][ok]  # a view: writes into lab
     return lab
 
 
