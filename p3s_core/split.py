@@ -3,14 +3,16 @@
 Two look-alikes that touch form one connected region. What still tells them apart is their shape
 and the edge where they meet: the region is thinner at the junction (a neck) and an outline or
 shading line often runs along it. So the region is seen as a landscape: its thickness (distance to
-the region's boundary), lowered along image edges. Each look-alike is a hill of its own, with a
+the region's boundary; outside the image counts as outside), lowered along image edges. Each look-alike is a hill of its own, with a
 pass (the neck) between.
 
 1. The clicked body: the hill under each positive point (climbed from the click), its height ``T``.
 2. Other bodies: hills at least ``ALIKE`` x as high (thinner parts, such as legs, tails, ears, a head,
    are never look-alikes) and far enough from the click (``APART`` x ``T``) to be another body, not
    a lobe of this one. Negative points mark other bodies too.
-3. A marker watershed splits the region between those hills along the passes.
+3. A marker watershed splits the region between those hills along the passes. The clicked hill is
+   flooded from its top as well as from the click, so a neighbour's flood cannot take the clicked
+   body's top while the water is still above the click (a click low on its hill).
 4. A body joins the clicked side again only when the pass to it is as high as the lower of the two
    hills (``NECK``: no neck and no edge at all, e.g. the far end of one long body); otherwise it is cut
    off (bench/selection.py measured cutting as the better default for touching look-alikes). A body a
@@ -42,7 +44,9 @@ def edge_strength(lab: torch.Tensor, region: np.ndarray) -> np.ndarray:
 
 
 def _landscape(region: np.ndarray, edge: np.ndarray | None) -> np.ndarray:
-    dt = ndimage.distance_transform_edt(region)
+    # Outside the image counts as outside: a body cut by the border is measured by what is visible of
+    # it (else the border reads as the thickest part, and a body along it as a row of hills).
+    dt = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
     return dt if edge is None else dt * (1 - EDGE_WEIGHT * ndimage.gaussian_filter(edge, 1.0))
 
 
@@ -75,6 +79,19 @@ def _other_bodies(land: np.ndarray, tops: list[Cell]) -> list[Cell]:
     for r, c in zip(*np.nonzero(peaks)):
         if all((r - tr) ** 2 + (c - tc) ** 2 >= (APART * height) ** 2 for tr, tc in tops):
             out.append((int(r), int(c)))
+    return out
+
+
+def _summits(land: np.ndarray, pos: list[Cell], others: list[Cell]) -> list[Cell]:
+    """The top of the hill each click stands on, when it is nearer the click than any other body's
+    marker: a marker there floods the clicked hill from its top, as the other bodies' markers do theirs,
+    so a neighbour cannot claim the clicked body's top before the water reaches the click."""
+    out = []
+    for p in pos:
+        top = _climb(land, p)
+        d = (top[0] - p[0]) ** 2 + (top[1] - p[1]) ** 2
+        if top != p and all((top[0] - o[0]) ** 2 + (top[1] - o[1]) ** 2 > d for o in others):
+            out.append(top)
     return out
 
 
@@ -148,8 +165,9 @@ def split_lookalikes(region: np.ndarray, pos: list[Cell], neg: list[Cell], auto:
     others = _other_bodies(land, [_top(land, p) for p in pos]) if auto else []
     if not neg and not others:
         return region
-    cells = others + pos + neg
-    kinds = ["other"] * len(others) + ["pos"] * len(pos) + ["neg"] * len(neg)
+    summits = _summits(land, pos, others + neg)
+    cells = others + summits + pos + neg
+    kinds = ["other"] * len(others) + ["pos"] * (len(summits) + len(pos)) + ["neg"] * len(neg)
     markers = np.zeros(keep.shape, np.int32)
     for i, (r, c) in enumerate(cells):
         markers[r, c] = i + 1  # later wins: a click beats a found body, a negative point on a positive cancels it
