@@ -10,9 +10,10 @@ pass (the neck) between.
 2. Other bodies: hills at least ``ALIKE`` x as high (thinner parts, such as legs, tails, ears, a head,
    are never look-alikes) and far enough from the click (``APART`` x ``T``) to be another body, not
    a lobe of this one. Negative points mark other bodies too.
-3. A marker watershed splits the region between those hills along the passes. The clicked hill is
-   flooded from its top as well as from the click, so a neighbour's flood cannot take the clicked
-   body's top while the water is still above the click (a click low on its hill).
+3. A marker watershed splits the region between those hills along the passes. The clicked body is
+   flooded from the disc around each click that is surely inside it and from the top of the click's
+   hill, so a neighbour's flood cannot take the clicked body's top or the side of it nearer to the
+   neighbour's top than to the click.
 4. A body joins the clicked side again only when the pass to it is as high as the lower of the two
    hills (``NECK``: no neck and no edge at all, e.g. the far end of one long body); otherwise it is cut
    off (bench/selection.py measured cutting as the better default for touching look-alikes). A body a
@@ -32,6 +33,7 @@ ALIKE = 0.75  # a hill at least this x the clicked body's height may be another 
 APART = 1.6  # ... when at least this x that height away from the click
 NECK = 1.0  # a pass as high as the lower hill (a plateau: one long body) joins the two
 EDGE_WEIGHT = 1.0  # how much an image edge lowers the landscape (0 = shape alone)
+DISC_GAP = 0.45  # a click's disc reaches at most this x the distance to the nearest other body's marker
 
 
 def edge_strength(lab: torch.Tensor, region: np.ndarray) -> np.ndarray:
@@ -93,6 +95,21 @@ def _summits(land: np.ndarray, pos: list[Cell], others: list[Cell]) -> list[Cell
         if top != p and all((top[0] - o[0]) ** 2 + (top[1] - o[1]) ** 2 > d for o in others):
             out.append(top)
     return out
+
+
+def _click_discs(markers: np.ndarray, land: np.ndarray, cells: list[Cell], kinds: list[str]) -> None:
+    """Grow each click's marker to the disc around it that is surely the clicked body: as wide as the
+    click's height in the landscape (the disc inside the region, and inside its edges), and less than
+    half way to any other body's marker. Flooding from a single pixel lets a neighbour's flood take
+    parts of the clicked body that are nearer to the neighbour's top than to the click."""
+    rr, cc = np.mgrid[0:land.shape[0], 0:land.shape[1]]
+    others = [o for o, k in zip(cells, kinds) if k in ("other", "neg")]
+    for i, (cell, kind) in enumerate(zip(cells, kinds)):
+        if kind != "pos":
+            continue
+        rad = min([float(land[cell])] + [DISC_GAP * float(np.hypot(o[0] - cell[0], o[1] - cell[1])) for o in others])
+        disc = ((rr - cell[0]) ** 2 + (cc - cell[1]) ** 2 <= rad * rad) & (markers == 0) & (land > 0)
+        markers[disc] = i + 1
 
 
 def flood(region: np.ndarray, land: np.ndarray, markers: np.ndarray, levels: int = 12) -> np.ndarray:
@@ -172,6 +189,7 @@ def split_lookalikes(region: np.ndarray, pos: list[Cell], neg: list[Cell], auto:
     for i, (r, c) in enumerate(cells):
         markers[r, c] = i + 1  # later wins: a click beats a found body, a negative point on a positive cancels it
     kinds = [k if markers[cell] == i + 1 else "gone" for i, (k, cell) in enumerate(zip(kinds, cells))]
+    _click_discs(markers, land, cells, kinds)
     basins = flood(keep, land, markers)
     k = len(kinds) + 1
     peak = np.asarray(ndimage.maximum(land, basins, index=np.arange(k)), dtype=float)
