@@ -14,6 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .filters import box_mean, sobel
+
 log = logging.getLogger("P3S")
 
 # sRGB (D65) -> XYZ, rows X, Y, Z; standard constants.
@@ -21,7 +23,14 @@ _RGB2XYZ = torch.tensor(
     [[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]
 )
 _WHITE = torch.tensor([0.9505, 1.0, 1.089])
-
+# XYZ / white, as one matrix; and f(X, Y, Z) -> (L, a, b) / 100, a matrix plus an offset on L.
+_RGB2XYZN = _RGB2XYZ / _WHITE[:, None]
+_F2LAB = torch.tensor([[0.0, 1.16, 0.0], [5.0, -5.0, 0.0], [0.0, 2.0, -2.0]])
+# sRGB decoding by table: 16 entries per 8-bit step, so 8-bit images are decoded exactly and any
+# other value within 4e-4 (in L, a, b); a table look-up is ~3x faster than the power function on a CPU.
+_LUT_STEPS = 255 * 16
+_LUT = torch.linspace(0, 1, _LUT_STEPS + 1, dtype=torch.float64)
+_LUT = torch.where(_LUT <= 0.04045, _LUT / 12.92, ((_LUT + 0.055) / 1.055) ** 2.4).float()
 
 def as_hwc(image: torch.Tensor) -> torch.Tensor:
     """[H, W, 3] float view of an image given as [H, W, 3] or [1, H, W, 3] (0..1)."""
@@ -52,30 +61,40 @@ def downsample(image: torch.Tensor, long_side: int = 256) -> torch.Tensor:
     if (h, w) == (H, W):
         return x.contiguous()
     if H % h == 0 and W % w == 0 and H // h == W // w:
-        # A whole factor: block means, summing whole rows first (contiguous memory) - the same as "area"
-        # resampling, several times faster on a channels-last image than pooling it.
+        # A whole factor: block means - the same as "area" resampling. Adding whole row slices, then
+        # pixel slices, streams contiguous memory: several times faster than pooling a channels-last
+        # image or a strided sum over the block axis.
         k = H // h
-        rows = img.reshape(h, k, W, 3).sum(1)
-        return (rows.reshape(h, w, k, 3).sum(2) / (k * k)).permute(2, 0, 1).unsqueeze(0).contiguous()
+        rows = img.reshape(h, k, W * 3)
+        acc = rows[:, 0].clone()
+        for i in range(1, k):
+            acc += rows[:, i]
+        cols = acc.view(h, w, k * 3)
+        out = cols[:, :, 0:3].clone()
+        for i in range(1, k):
+            out += cols[:, :, 3 * i:3 * i + 3]
+        return (out / (k * k)).permute(2, 0, 1).unsqueeze(0).contiguous()
     return F.interpolate(x, size=(h, w), mode="area")
 
 
 def rgb_to_lab(x: torch.Tensor) -> torch.Tensor:
     """[1, 3, h, w] sRGB 0..1 -> Lab scaled to roughly unit range (L/100, a/100, b/100)."""
-    x = x.clamp(0, 1)
-    lin = torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
-    xyz = torch.einsum("ij,bjhw->bihw", _RGB2XYZ, lin) / _WHITE.view(1, 3, 1, 1)
+    n, _, h, w = x.shape
+    idx = (x.float().clamp(0, 1) * _LUT_STEPS + 0.5).long()
+    lin = torch.take(_LUT, idx).reshape(n, 3, h * w)
+    xyz = torch.matmul(_RGB2XYZN, lin)  # [n, 3, h*w]
     eps = (6 / 29) ** 3
-    f = torch.where(xyz > eps, xyz.clamp_min(eps) ** (1 / 3), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-    L = 1.16 * f[:, 1:2] - 0.16
-    a = 5.0 * (f[:, 0:1] - f[:, 1:2])
-    b = 2.0 * (f[:, 1:2] - f[:, 2:3])
-    return torch.cat([L, a, b], dim=1)
-
+    # The cube root as exp(log / 3): about twice as fast as pow on a CPU; the same to float precision.
+    f = torch.where(xyz > eps, torch.exp(torch.log(xyz.clamp_min(eps)) * (1 / 3)), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    lab = torch.matmul(_F2LAB, f)
+    lab[:, 0] -= 0.16
+    return lab.view(n, 3, h, w)
 
 def _pool(x: torch.Tensor, stride: int) -> torch.Tensor:
-    # Overlapping windows (2*stride+1) so patch statistics vary smoothly across the grid.
-    return F.avg_pool2d(x, 2 * stride + 1, stride=stride, padding=stride, count_include_pad=False)
+    """Means over overlapping windows (2*stride+1) every ``stride`` px, so patch statistics vary smoothly
+    across the grid; at the border over the part inside the image. The same as avg_pool2d(2s+1, s, s,
+    count_include_pad=False), by box sums: several times faster on one thread."""
+    return box_mean(x, stride)[..., ::stride, ::stride]
 
 
 def builtin_features_chw(x: torch.Tensor, cell: int = 4, lab: torch.Tensor | None = None) -> torch.Tensor:
@@ -85,9 +104,7 @@ def builtin_features_chw(x: torch.Tensor, cell: int = 4, lab: torch.Tensor | Non
     lab = rgb_to_lab(x) if lab is None else lab
     L = lab[:, :1]
     # Sobel gradients of lightness: texture energy and undirected orientation (doubled angle).
-    kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]]).view(1, 1, 3, 3) / 8
-    gx = F.conv2d(F.pad(L, (1, 1, 1, 1), mode="replicate"), kx)
-    gy = F.conv2d(F.pad(L, (1, 1, 1, 1), mode="replicate"), kx.transpose(2, 3))
+    gx, gy = sobel(L)
     mag2 = gx * gx + gy * gy
     mag = mag2.sqrt()
     c2 = (gx * gx - gy * gy) / (mag + 1e-6)  # mag*cos(2theta)

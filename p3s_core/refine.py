@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .similarity import gaussian_blur
+from .filters import box_mean, gaussian_blur
 
 
 def grow(mask: np.ndarray, n: float) -> np.ndarray:
@@ -26,21 +26,38 @@ def grow(mask: np.ndarray, n: float) -> np.ndarray:
     return ndimage.distance_transform_edt(~mask) <= n
 
 
+def inside_distance(mask: np.ndarray) -> np.ndarray:
+    """Distance of every pixel of ``mask`` to the nearest pixel outside it (0 outside); outside the image
+    counts as inside. Computed on the mask's box only: scipy's transform is several times slower on an
+    array that is mostly background, and nothing outside the box changes the result."""
+    out = np.zeros(mask.shape)
+    if mask.any():
+        box = bbox(mask, 1)
+        out[box] = ndimage.distance_transform_edt(mask[box])
+    return out
+
+
 def shrink(mask: np.ndarray, n: float) -> np.ndarray:
     """Erosion by a disc of radius ``n`` px; outside the image counts as inside (no border erosion)."""
     if n <= 0:
         return mask.copy()
-    return ndimage.distance_transform_edt(mask) > n
+    return inside_distance(mask) > n
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """``mask`` with every background region that does not reach the image border filled (one labelling
     pass; scipy's binary_fill_holes iterates a dilation across the whole background)."""
-    ids, n = ndimage.label(~mask)
-    if n == 0:
+    if not mask.any():
         return mask.copy()
+    # Within the mask's box grown by 1 px: its rim is background joined to the image border.
+    box = bbox(mask, 1)
+    ids, n = ndimage.label(~mask[box])
+    out = mask.copy()
+    if n == 0:
+        return out
     border = np.unique(np.concatenate([ids[0], ids[-1], ids[:, 0], ids[:, -1]]))
-    return mask | (~np.isin(ids, border) & (ids > 0))
+    out[box] |= ~np.isin(ids, border) & (ids > 0)
+    return out
 
 
 def bbox(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
@@ -49,24 +66,6 @@ def bbox(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
     h, w = mask.shape
     return (slice(max(int(rows.min()) - margin, 0), min(int(rows.max()) + margin + 1, h)),
             slice(max(int(cols.min()) - margin, 0), min(int(cols.max()) + margin + 1, w)))
-
-
-def _box_sum_1d(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:
-    """Sum over a window of 2r+1 along ``dim`` (inside the image only), by cumulative sums: O(1) a pixel."""
-    n = x.shape[dim]
-    pad = [0, 0] * (x.ndim - 1 - dim % x.ndim) + [r + 1, r]
-    cs = F.pad(x, pad).cumsum(dim)
-    return cs.narrow(dim, 2 * r + 1, n) - cs.narrow(dim, 0, n)
-
-
-def box_mean(x: torch.Tensor, r: int) -> torch.Tensor:
-    """Mean of [N, C, h, w] over a (2r+1)^2 window; at the border, over the part inside the image."""
-    if r <= 0:
-        return x
-    h, w = x.shape[-2:]
-    count_h = _box_sum_1d(torch.ones(1, 1, h, 1, dtype=x.dtype), r, 2)
-    count_w = _box_sum_1d(torch.ones(1, 1, 1, w, dtype=x.dtype), r, 3)
-    return _box_sum_1d(_box_sum_1d(x, r, 3), r, 2) / (count_h * count_w)
 
 
 def _nll(x: torch.Tensor, weights: torch.Tensor, r: int, prior: float = 4.0) -> torch.Tensor:
@@ -99,18 +98,19 @@ def refine_region(lab: torch.Tensor, region: np.ndarray, band: int, radius: int,
     """
     if not region.any():
         return region
-    box = bbox(region, 1)
-    depth = float(ndimage.distance_transform_edt(region[box]).max())
+    inside_all = inside_distance(region)
+    depth = float(inside_all.max())
     thin, reach = max(2, round(thin * depth)), round(reach * depth)
     box = bbox(region, max(band, reach) + radius + 2)
     out = np.zeros_like(region)
-    out[box] = _refine_crop(lab[:, :, box[0], box[1]], region[box], band, radius, reach, thin, smooth, depth)
+    out[box] = _refine_crop(lab[:, :, box[0], box[1]], region[box], inside_all[box], band, radius, reach, thin,
+                            smooth, depth)
     return out
 
 
-def _refine_crop(lab: torch.Tensor, region: np.ndarray, band: int, radius: int, reach: int, thin: int,
-                 smooth: float, depth: float) -> np.ndarray:
-    inside, outside = ndimage.distance_transform_edt(region), ndimage.distance_transform_edt(~region)
+def _refine_crop(lab: torch.Tensor, region: np.ndarray, inside: np.ndarray, band: int, radius: int, reach: int,
+                 thin: int, smooth: float, depth: float) -> np.ndarray:
+    outside = ndimage.distance_transform_edt(~region)
     inner, outer = inside > band, outside <= band
     if not inner.any():  # a thin region has no sure inside: its own pixels are the model
         inner = region

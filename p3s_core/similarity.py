@@ -9,26 +9,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .filters import gaussian_blur
+
+__all__ = ["gaussian_blur", "otsu_threshold", "similarity_map"]
+
 Point = tuple[float, float]
-
-
-def _gauss1d(sigma: float) -> torch.Tensor:
-    r = max(1, int(3 * sigma + 0.5))
-    t = torch.arange(-r, r + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    return k / k.sum()
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of [N, C, h, w] with replicate padding."""
-    if sigma <= 0:
-        return x
-    k = _gauss1d(sigma)
-    r = k.numel() // 2
-    c = x.shape[1]
-    kx = k.view(1, 1, 1, -1).repeat(c, 1, 1, 1)
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), kx, groups=c)
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), kx.transpose(2, 3), groups=c)
 
 
 def otsu_threshold(values: torch.Tensor, bins: int = 256) -> float:

@@ -3,14 +3,17 @@
 Two look-alikes that touch form one connected region. What still tells them apart is their shape
 and the edge where they meet: the region is thinner at the junction (a neck) and an outline or
 shading line often runs along it. So the region is seen as a landscape: its thickness (distance to
-the region's boundary), lowered along image edges. Each look-alike is a hill of its own, with a
+the region's boundary; outside the image counts as outside), lowered along image edges. Each look-alike is a hill of its own, with a
 pass (the neck) between.
 
 1. The clicked body: the hill under each positive point (climbed from the click), its height ``T``.
 2. Other bodies: hills at least ``ALIKE`` x as high (thinner parts, such as legs, tails, ears, a head,
    are never look-alikes) and far enough from the click (``APART`` x ``T``) to be another body, not
    a lobe of this one. Negative points mark other bodies too.
-3. A marker watershed splits the region between those hills along the passes.
+3. A marker watershed splits the region between those hills along the passes. The clicked body is
+   flooded from the disc around each click that is surely inside it and from the top of the click's
+   hill, so a neighbour's flood cannot take the clicked body's top or the side of it nearer to the
+   neighbour's top than to the click.
 4. A body joins the clicked side again only when the pass to it is as high as the lower of the two
    hills (``NECK``: no neck and no edge at all, e.g. the far end of one long body); otherwise it is cut
    off (bench/selection.py measured cutting as the better default for touching look-alikes). A body a
@@ -20,8 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
+
+from .features import sobel
 
 Cell = tuple[int, int]
 
@@ -29,21 +33,22 @@ ALIKE = 0.75  # a hill at least this x the clicked body's height may be another 
 APART = 1.6  # ... when at least this x that height away from the click
 NECK = 1.0  # a pass as high as the lower hill (a plateau: one long body) joins the two
 EDGE_WEIGHT = 1.0  # how much an image edge lowers the landscape (0 = shape alone)
+DISC_GAP = 0.45  # a click's disc reaches at most this x the distance to the nearest other body's marker
 
 
 def edge_strength(lab: torch.Tensor, region: np.ndarray) -> np.ndarray:
     """[h, w] 0..1: colour gradient magnitude of ``lab`` [1, 3, h, w], relative to its typical strength
     inside ``region`` (the 90th percentile), so texture inside a subject stays well below 1."""
-    kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]]).view(1, 1, 3, 3).repeat(3, 1, 1, 1) / 8
-    x = F.pad(lab, (1, 1, 1, 1), mode="replicate")
-    gx, gy = F.conv2d(x, kx, groups=3), F.conv2d(x, kx.transpose(2, 3), groups=3)
+    gx, gy = sobel(lab)
     mag = (gx * gx + gy * gy).sum(1)[0].sqrt().numpy()
     ref = np.percentile(mag[region], 90) if region.any() else 0.0
     return np.clip(mag / max(ref * 2.0, 1e-6), 0, 1)
 
 
 def _landscape(region: np.ndarray, edge: np.ndarray | None) -> np.ndarray:
-    dt = ndimage.distance_transform_edt(region)
+    # Outside the image counts as outside: a body cut by the border is measured by what is visible of
+    # it (else the border reads as the thickest part, and a body along it as a row of hills).
+    dt = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
     return dt if edge is None else dt * (1 - EDGE_WEIGHT * ndimage.gaussian_filter(edge, 1.0))
 
 
@@ -79,6 +84,34 @@ def _other_bodies(land: np.ndarray, tops: list[Cell]) -> list[Cell]:
     return out
 
 
+def _summits(land: np.ndarray, pos: list[Cell], others: list[Cell]) -> list[Cell]:
+    """The top of the hill each click stands on, when it is nearer the click than any other body's
+    marker: a marker there floods the clicked hill from its top, as the other bodies' markers do theirs,
+    so a neighbour cannot claim the clicked body's top before the water reaches the click."""
+    out = []
+    for p in pos:
+        top = _climb(land, p)
+        d = (top[0] - p[0]) ** 2 + (top[1] - p[1]) ** 2
+        if top != p and all((top[0] - o[0]) ** 2 + (top[1] - o[1]) ** 2 > d for o in others):
+            out.append(top)
+    return out
+
+
+def _click_discs(markers: np.ndarray, land: np.ndarray, cells: list[Cell], kinds: list[str]) -> None:
+    """Grow each click's marker to the disc around it that is surely the clicked body: as wide as the
+    click's height in the landscape (the disc inside the region, and inside its edges), and less than
+    half way to any other body's marker. Flooding from a single pixel lets a neighbour's flood take
+    parts of the clicked body that are nearer to the neighbour's top than to the click."""
+    rr, cc = np.mgrid[0:land.shape[0], 0:land.shape[1]]
+    others = [o for o, k in zip(cells, kinds) if k in ("other", "neg")]
+    for i, (cell, kind) in enumerate(zip(cells, kinds)):
+        if kind != "pos":
+            continue
+        rad = min([float(land[cell])] + [DISC_GAP * float(np.hypot(o[0] - cell[0], o[1] - cell[1])) for o in others])
+        disc = ((rr - cell[0]) ** 2 + (cc - cell[1]) ** 2 <= rad * rad) & (markers == 0) & (land > 0)
+        markers[disc] = i + 1
+
+
 def flood(region: np.ndarray, land: np.ndarray, markers: np.ndarray, levels: int = 12) -> np.ndarray:
     """Marker watershed of ``-land`` by flooding: lower the water level step by step and give each newly
     wet pixel the label of the nearest labelled pixel in its connected pool. (scipy's watershed_ift
@@ -91,10 +124,15 @@ def flood(region: np.ndarray, land: np.ndarray, markers: np.ndarray, levels: int
         seeded = wet & (lab > 0)
         if not todo.any() or not seeded.any():
             continue
-        pools, _ = ndimage.label(wet)
-        _, (ir, ic) = ndimage.distance_transform_edt(~seeded, return_indices=True)
-        ok = todo & (pools[ir, ic] == pools)
-        lab[ok] = lab[ir, ic][ok]
+        # Only the wet pixels' box: every seeded pixel lies in it, so the nearest one is found there
+        # too, and at high water levels the box is small.
+        rows, cols = np.nonzero(wet.any(1))[0], np.nonzero(wet.any(0))[0]
+        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        w_lab, w_todo = lab[box], todo[box]
+        pools, _ = ndimage.label(wet[box])
+        _, (ir, ic) = ndimage.distance_transform_edt(~seeded[box], return_indices=True)
+        ok = w_todo & (pools[ir, ic] == pools)
+        w_lab[ok] = w_lab[ir, ic][ok]  # a view: writes into lab
     return lab
 
 
@@ -144,12 +182,14 @@ def split_lookalikes(region: np.ndarray, pos: list[Cell], neg: list[Cell], auto:
     others = _other_bodies(land, [_top(land, p) for p in pos]) if auto else []
     if not neg and not others:
         return region
-    cells = others + pos + neg
-    kinds = ["other"] * len(others) + ["pos"] * len(pos) + ["neg"] * len(neg)
+    summits = _summits(land, pos, others + neg)
+    cells = others + summits + pos + neg
+    kinds = ["other"] * len(others) + ["pos"] * (len(summits) + len(pos)) + ["neg"] * len(neg)
     markers = np.zeros(keep.shape, np.int32)
     for i, (r, c) in enumerate(cells):
         markers[r, c] = i + 1  # later wins: a click beats a found body, a negative point on a positive cancels it
     kinds = [k if markers[cell] == i + 1 else "gone" for i, (k, cell) in enumerate(zip(kinds, cells))]
+    _click_discs(markers, land, cells, kinds)
     basins = flood(keep, land, markers)
     k = len(kinds) + 1
     peak = np.asarray(ndimage.maximum(land, basins, index=np.arange(k)), dtype=float)

@@ -336,3 +336,28 @@ def test_time_on_a_textured_image_stays_close_to_a_flat_one():
         assert _iou(sel.mask.numpy() > 0.5, a) > 0.9  # the textured run is a real selection, not a shortcut
     ratio = float(np.median(times["textured"]) / np.median(times["flat"]))
     assert ratio < 1.5, (ratio, times)
+
+
+def test_touching_lookalikes_of_the_bench_generator_are_told_apart():
+    """Touching look-alikes from bench/selection_scenes.py (a seed the bench does not use, 256 px), one
+    click at the deepest point of each: the mean IoU with the clicked subject is at least 0.79 (0.75
+    before each click flooded the split from its disc and its hill's top); connectivity alone is far
+    below (the scenes really are touching)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from selection_scenes import click_point, make_scene
+
+    rng = np.random.default_rng(2025)
+    split, joined = [], []
+    for _ in range(12):
+        scene = make_scene(rng, "touching", 256)
+        img = torch.from_numpy(scene.image)
+        for m in scene.masks:
+            pts = PointSet.from_pixels(positive=[click_point(m)], width=256, height=256)
+            split.append(_iou(select_subject(img, pts).mask.numpy() > 0.5, m))
+            joined.append(_iou(select_subject(img, pts, split_touching=False).mask.numpy() > 0.5, m))
+    assert len(split) >= 30
+    assert np.mean(joined) < 0.5
+    assert np.mean(split) >= 0.79
