@@ -363,6 +363,10 @@ def test_bench_picks_the_best_training_free_variant_on_val_only(tmp_path, monkey
     assert bench.best_training_free(val, cfg)[0] == "cached"  # plain, noselect and adapters are never picked
     best, why = bench.best_training_free(test, cfg)
     assert best == "cached" and why.startswith("picked on val (3 cases x 2 seeds)")
+    # a val run of one training-free variant (a weight sweep) reports it but does not replace the pick
+    sweep = {**run, "split": "val", "variants": {"per_step": summary(1, 0, 1)}}
+    assert bench.best_training_free(sweep, cfg)[0] == "per_step"
+    assert bench.best_training_free(test, cfg)[0] == "cached"
     assert "not this run's settings" in bench.best_training_free({**test, "weight": 0.5}, cfg)[1]
 
 
@@ -373,3 +377,4 @@ def test_adapter_loss_terms_are_read_from_the_trainers_log():
     got = loss_terms(log_text)
     assert got["log_rows"] == 3 and got["acl_median"] == pytest.approx(5e-8) and got["loss_median"] == pytest.approx(0.2)
     assert loss_terms("no log lines") == {}
+    assert loss_terms("P3S: step 1/1 loss 0.5 acl nan")["acl_median"] is None  # ACL weight 0: not recorded

@@ -204,7 +204,8 @@ def loss_terms(log_text: str) -> dict:
     if not rows:
         return {}
     med = lambda xs: float(np.nanmedian(xs))  # noqa: E731  (acl is nan when not recorded: ACL weight 0)
-    return {"loss_median": med([r[0] for r in rows]), "acl_median": med([r[1] for r in rows]), "log_rows": len(rows)}
+    acl = med([r[1] for r in rows]) if any(np.isfinite(r[1]) for r in rows) else None  # not recorded at weight 0
+    return {"loss_median": med([r[0] for r in rows]), "acl_median": acl, "log_rows": len(rows)}
 
 
 # ---- the run --------------------------------------------------------------------------------------------------
@@ -303,7 +304,7 @@ def best_training_free(res: dict, cfg: WorldConfig) -> tuple[str, str]:
     split the pick of an earlier ``val`` run, or the pack's default (per_step with KSampler) if none."""
     tf = [n for n in res["variants"] if n not in ("plain", "noselect") and not n.startswith("adapter")]
     pick_path = files(cfg).dir / PICK_FILE
-    if res["split"] == "val" and tf:
+    if res["split"] == "val" and len(tf) >= 2:  # a val run of one training-free variant (a sweep) picks nothing
         pick_path.parent.mkdir(parents=True, exist_ok=True)
         best = max(tf, key=lambda n: pick_score(res["variants"][n]))
         pick_path.write_text(json.dumps({"variant": best, "cases": res["cases"], "seeds": res["seeds"],
