@@ -66,13 +66,15 @@ def _masked_only(env, monkeypatch):
     monkeypatch.setattr(env["inj"], "fused_subject_read", lambda *a, **k: None)
 
 
+PER_STEP = {"reference_mode": "per_step"}  # a fresh reference pass at every step: the most reads compared
 SETUPS = {  # family, cfg, batch, apply kwargs; "chain": a second P3S Apply on the other subject
-    "sd15_cfg_uncond_off": ("sd15", 5.0, 1, {}),
-    "sd15_cfg_uncond_on": ("sd15", 5.0, 2, {"uncond_sees_reference": True, "weight": 1.3}),
+    "sd15_cfg_uncond_off": ("sd15", 5.0, 1, {**PER_STEP}),
+    "sd15_cfg_uncond_on": ("sd15", 5.0, 2, {**PER_STEP, "uncond_sees_reference": True, "weight": 1.3}),
     "sd15_cfg1_cached": ("sd15", 1.0, 1, {"reference_mode": "cached", "weight": 1.0}),
-    "sd15_two_references": ("sd15", 5.0, 2, {"two_refs": True}),
-    "sd15_two_p3s_nodes": ("sd15", 5.0, 1, {"chain": True}),
-    "sdxl_cfg": ("sdxl", 4.0, 1, {"weight": 0.4}),
+    "sd15_cfg_default_mode": ("sd15", 5.0, 1, {}),
+    "sd15_two_references": ("sd15", 5.0, 2, {**PER_STEP, "two_refs": True}),
+    "sd15_two_p3s_nodes": ("sd15", 5.0, 1, {**PER_STEP, "chain": True}),
+    "sdxl_cfg": ("sdxl", 4.0, 1, {**PER_STEP, "weight": 0.4}),
 }
 
 
