@@ -391,7 +391,8 @@ def bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", steps: 
     run = run_bench(cfg, cases, seeds, split, steps, cfg_scale, weight, adapters, only, threads=threads)
     res = run["results"]
     best, why = best_training_free(res, cfg)
-    res.update(threads=threads, load_average=os.getloadavg()[0], best_training_free=best, best_why=why, adapter_training_time=adapter_time, total_time=clock.minutes())
+    res.update(threads=threads, load_average=os.getloadavg()[0], best_training_free=best, best_why=why,
+               adapter_training_time=adapter_time, total_time=clock.minutes())
     if out is not None and run["grid"]:
         res["grid"] = {"path": str(out), "columns": save_grid(run["grid"], Path(out), best)}
     if json_out is not None:
