@@ -358,15 +358,15 @@ def test_bench_picks_the_best_training_free_variant_on_val_only(tmp_path, monkey
     test = {**run, "split": "test", "variants": {"plain": summary(0.0, 0, 1), "noselect": summary(1, 0, 1),
                                                  "per_step": summary(0.9, 0, 0.9), "cached": summary(0.1, 0, 0.9),
                                                  "adapter": summary(1, 0, 1)}}
-    assert bench.best_training_free(test, cfg)[0] == "per_step"  # no val pick yet: the pack's default
-    val = {**run, "split": "val", "variants": {**test["variants"], "cached": summary(0.95, 0.0, 1.0)}}
-    assert bench.best_training_free(val, cfg)[0] == "cached"  # plain, noselect and adapters are never picked
+    assert bench.best_training_free(test, cfg)[0] == "cached"  # no val pick yet: the pack's default
+    val = {**run, "split": "val", "variants": {**test["variants"], "per_step": summary(0.95, 0.0, 1.0)}}
+    assert bench.best_training_free(val, cfg)[0] == "per_step"  # plain, noselect and adapters are never picked
     best, why = bench.best_training_free(test, cfg)
-    assert best == "cached" and why.startswith("picked on val (3 cases x 2 seeds)")
+    assert best == "per_step" and why.startswith("picked on val (3 cases x 2 seeds)")
     # a val run of one training-free variant (a weight sweep) reports it but does not replace the pick
-    sweep = {**run, "split": "val", "variants": {"per_step": summary(1, 0, 1)}}
-    assert bench.best_training_free(sweep, cfg)[0] == "per_step"
-    assert bench.best_training_free(test, cfg)[0] == "cached"
+    sweep = {**run, "split": "val", "variants": {"cached": summary(1, 0, 1)}}
+    assert bench.best_training_free(sweep, cfg)[0] == "cached"
+    assert bench.best_training_free(test, cfg)[0] == "per_step"
     assert "not this run's settings" in bench.best_training_free({**test, "weight": 0.5}, cfg)[1]
 
 

@@ -48,6 +48,7 @@ REGISTRAR = Path(__file__).resolve().parent / "world_registrar"
 PRESETS = ("constant", "ramp_up", "ramp_down", "cosine", "step")  # p3s_core.schedule.PRESETS (checked in tests)
 METRICS = ("clicked", "leak", "prompt", "ref_scene", "clicked_full", "leak_full", "class", "found")
 PICK_FILE = "bench_val_pick.json"
+DEFAULT_VARIANT = "cached"  # P3S Apply's default reference_mode with KSampler (nodes/patch.py DEFAULT_MODE)
 
 
 @dataclass(frozen=True)
@@ -203,8 +204,8 @@ def loss_terms(log_text: str) -> dict:
     rows = rows[len(rows) // 2:]
     if not rows:
         return {}
-    med = lambda xs: float(np.nanmedian(xs))  # noqa: E731  (acl is nan when not recorded: ACL weight 0)
-    acl = med([r[1] for r in rows]) if any(np.isfinite(r[1]) for r in rows) else None  # not recorded at weight 0
+    med = lambda xs: float(np.nanmedian(xs))  # noqa: E731
+    acl = med([r[1] for r in rows]) if any(np.isfinite(r[1]) for r in rows) else None  # nan: not recorded (weight 0)
     return {"loss_median": med([r[0] for r in rows]), "acl_median": acl, "log_rows": len(rows)}
 
 
@@ -301,7 +302,7 @@ def run_bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", ste
 
 def best_training_free(res: dict, cfg: WorldConfig) -> tuple[str, str]:
     """(variant, why): on ``val`` the best-scoring training-free variant (written to the cache); on any other
-    split the pick of an earlier ``val`` run, or the pack's default (per_step with KSampler) if none."""
+    split the pick of an earlier ``val`` run, or the pack's default (cached with KSampler) if none."""
     tf = [n for n in res["variants"] if n not in ("plain", "noselect") and not n.startswith("adapter")]
     pick_path = files(cfg).dir / PICK_FILE
     if res["split"] == "val" and len(tf) >= 2:  # a val run of one training-free variant (a sweep) picks nothing
@@ -317,7 +318,7 @@ def best_training_free(res: dict, cfg: WorldConfig) -> tuple[str, str]:
             return pick["variant"], (f"picked on val ({pick['cases']} cases x {pick['seeds']} seeds"
                                      + (")" if same else f", at steps {pick['steps']} cfg {pick['cfg']} weight "
                                                          f"{pick['weight']}: not this run's settings)"))
-    return ("per_step" if "per_step" in res["variants"] else tf[0] if tf else "plain"), \
+    return (DEFAULT_VARIANT if DEFAULT_VARIANT in res["variants"] else tf[0] if tf else "plain"), \
         "the pack's default (no val pick in the cache)"
 
 
