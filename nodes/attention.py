@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..p3s_core import injection
-from ..p3s_core.split_attention import merge_appended
+from ..p3s_core.split_attention import merge_appended, merge_groups
 
 SEGMENTS_KEY = "p3s_segments"  # transformer_options: the AppendedSegments of the current model call
 
@@ -106,11 +106,24 @@ def own_tokens_only(replace):
         parts = [s.appended for s in mine]
         own = min(p.offset for p in parts)
         out_own = replace(q, k[:, :own], v[:, :own], extra_options, *args, **kwargs)
-        # keys appended after P3S's by other packs count as plain keys (bias 0), as in the override
-        bias = torch.zeros(q.shape[0], k.shape[1] - own, dtype=torch.float32, device=q.device)
-        for p in parts:
-            bias[:, p.offset - own: p.offset - own + p.valid.shape[1]] = p.bias().to(q.device)
-        return merge_appended(q, k[:, :own], out_own, k[:, own:], v[:, own:], extra_options["n_heads"], bias)
+        if all(p.query is None for p in parts):
+            # keys appended after P3S's by other packs count as plain keys (bias 0), as in the override
+            bias = torch.zeros(q.shape[0], k.shape[1] - own, dtype=torch.float32, device=q.device)
+            for p in parts:
+                bias[:, p.offset - own: p.offset - own + p.valid.shape[1]] = p.bias().to(q.device)
+            return merge_appended(q, k[:, :own], out_own, k[:, own:], v[:, own:], extra_options["n_heads"], bias)
+        # an adapter's read queries: each part is a group of its own, read with its queries
+        groups, end = [], own
+        for p in sorted(parts, key=lambda p: p.offset):
+            if p.offset > end:  # keys another pack appended between P3S's: plain keys, plain queries
+                groups.append((q, k[:, end:p.offset], v[:, end:p.offset],
+                               torch.zeros(q.shape[0], p.offset - end, device=q.device)))
+            span = slice(p.offset, p.offset + p.valid.shape[1])
+            groups.append((p.query(q) if p.query is not None else q, k[:, span], v[:, span], p.bias().to(q.device)))
+            end = span.stop
+        if end < k.shape[1]:
+            groups.append((q, k[:, end:], v[:, end:], torch.zeros(q.shape[0], k.shape[1] - end, device=q.device)))
+        return merge_groups(q, k[:, :own], out_own, groups, extra_options["n_heads"])
     wrapped.p3s = True
     wrapped.wraps = replace
     return wrapped

@@ -18,6 +18,7 @@ See docs/design.md ("From click to attention").
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import logging
 import uuid
@@ -270,7 +271,9 @@ class P3SPatch:
         if entry is None or segments is None or run.rows is None or run.rows.shape[0] != n.shape[0]:
             return n, context, value
         tokens, valid = entry
-        appended = injection.Appended(context.shape[1], run.rows, valid, run.weight)
+        adapter = self._adapter_for(n)
+        query = functools.partial(adapter.read_query, key) if adapter is not None and adapter.has_read(key) else None
+        appended = injection.Appended(context.shape[1], run.rows, valid, run.weight, query)
         segments.add(AppendedSegment(key, n.shape[1], appended))
         rows = run.rows.to(n.device)
         return n, injection.append_tokens(context, tokens, rows), injection.append_tokens(value, tokens, rows)

@@ -6,7 +6,13 @@ ours and kept small and easy to change):
   ``n + up(down(n)) * alpha / rank`` with ``up`` zero-initialised (fresh adapter == identity);
 - a subject-token context for the reference pass's cross-attention: a one-layer resampler over
   masked CLIP-vision patch tokens, blended with the text context by a learnable gate that starts
-  at 0 (fresh adapter returns the text context exactly).
+  at 0 (fresh adapter returns the text context exactly);
+- optionally (``read_rank`` > 0), per transformer block of the DENOISING pass, a low-rank residual on the
+  queries that read the subject tokens (``read_query``): the image learns where to look in the
+  reference. Only the subject part of the read uses it (the image's own keys keep the plain query), so
+  weight 0 stays plain sampling exactly. The deltas on the reference side alone can shape the subject
+  tokens' keys and values but not which image tokens look at them; measured on the world benchmark
+  (docs/worldbench.md), they did not lower the denoising loss below plain sampling at any noise level.
 
 The architecture record, the file metadata and the compatibility check are ``p3s_core.adapter_spec``
 (re-exported here); this module holds the torch modules and reads and writes the files.
@@ -109,6 +115,18 @@ class P3SAdapter(nn.Module):
                     node[part] = nn.ModuleDict()
                 node = node[part]
             node[leaf] = self._deltas.setdefault(key, LowRankDelta(dim, spec.rank, spec.alpha))
+        # read deltas: nested the same way, under ``read.`` (absent when read_rank is 0)
+        self.read = nn.ModuleDict()
+        self._reads: dict[str, LowRankDelta] = {}
+        if spec.read_rank:
+            for key, dim in spec.layers:
+                node = self.read
+                *parents, leaf = key.split(".")
+                for part in parents:
+                    if part not in node:
+                        node[part] = nn.ModuleDict()
+                    node = node[part]
+                node[leaf] = self._reads.setdefault(key, LowRankDelta(dim, spec.read_rank, spec.read_rank))
         self.proj = SubjectResampler(spec.clip_width, spec.ctx_dim, spec.num_queries)
         self.gate = nn.Parameter(torch.zeros(()))
 
@@ -130,6 +148,19 @@ class P3SAdapter(nn.Module):
                              f"got {n.shape[-1]}: the adapter does not match this MODEL")
         w = delta.down.weight
         return n + (delta(n.to(w.dtype)) * scale).to(n.dtype)
+
+    def has_read(self, layer_key: str) -> bool:
+        return layer_key in self._reads
+
+    def read_query(self, layer_key: str, q: torch.Tensor) -> torch.Tensor:
+        """Denoising pass queries ``q`` [B, T, inner] -> the queries its subject-token read uses."""
+        delta = self._reads.get(layer_key)
+        if delta is None:
+            return q
+        if q.shape[-1] != delta.down.in_features:
+            raise ValueError(f"P3S: adapter {self.source!r} read layer {layer_key!r} expects width "
+                             f"{delta.down.in_features}, got {q.shape[-1]}: the adapter does not match this MODEL")
+        return q + delta(q.to(delta.down.weight.dtype)).to(q.dtype)
 
     def reference_context(self, text_ctx: torch.Tensor, subject_tokens: torch.Tensor,
                           valid: torch.Tensor | None = None) -> torch.Tensor:

@@ -18,7 +18,7 @@ FAMILIES = {"sd15": "SD1.5", "sdxl": "SDXL"}
 # Known CLIP-vision token widths, only to make mismatch messages readable.
 CLIP_WIDTH_NAMES = {768: "ViT-B", 1024: "ViT-L", 1280: "ViT-H", 1664: "ViT-bigG"}
 RESERVED_METADATA = ("format", "format_version", "family", "rank", "alpha", "clip_width",
-                     "ctx_dim", "num_queries", "layers")
+                     "ctx_dim", "num_queries", "layers", "read_rank")
 # Upper bounds on what a file header may declare (ours). A shared workflow's adapter is untrusted input:
 # the loader checks the header against these, and the tensor shapes against the header, before it
 # allocates anything. Each bound is several times what SD1.5 / SDXL adapters use (SDXL: 70 layers of
@@ -61,6 +61,8 @@ class AdapterSpec:
     layers: list[tuple[str, int]] = field(default_factory=list)
     num_queries: int = 77
     version: int = FORMAT_VERSION
+    # rank of the read deltas (the denoising pass's queries on subject tokens); 0: none (files before them)
+    read_rank: int = 0
 
     def __post_init__(self) -> None:
         self.layers = [(str(k), int(d)) for k, d in self.layers]
@@ -76,6 +78,8 @@ class AdapterSpec:
             if int(getattr(self, name)) > LIMITS[name]:
                 raise ValueError(f"P3S: {source}: {name}={getattr(self, name)} is above the limit of "
                                  f"{LIMITS[name]} for a P3S adapter")
+        if not 0 <= int(self.read_rank) <= LIMITS["rank"]:
+            raise ValueError(f"P3S: {source}: read_rank must be in 0..{LIMITS['rank']}, found {self.read_rank}")
         if not math.isfinite(float(self.alpha)):
             raise ValueError(f"P3S: {source}: alpha must be finite, found {self.alpha}")
         if len(self.layers) > LIMITS["layers"]:
@@ -103,20 +107,23 @@ class AdapterSpec:
     def parameter_count(self) -> int:
         """Parameters of an adapter with this spec, from the numbers alone (nothing is built)."""
         c, d, q = int(self.clip_width), int(self.ctx_dim), int(self.num_queries)
-        deltas = sum(2 * dim * int(self.rank) for _, dim in self.layers)
+        deltas = sum(2 * dim * (int(self.rank) + int(self.read_rank)) for _, dim in self.layers)
         # queries, in_norm, in_proj, q_norm, to_q/k/v, to_out, out_norm, out_proj (p3s_core/adapter.py)
         resampler = q * d + 2 * c + (c * d + d) + 2 * d + 3 * d * d + (d * d + d) + 2 * d + (d * d + d)
         return deltas + resampler + 1  # + the gate
 
     def to_metadata(self) -> dict[str, str]:
         """The safetensors metadata (all strings) that describes this spec."""
-        return {
+        meta = {
             "format": FORMAT_NAME, "format_version": str(self.version), "family": self.family,
             "rank": str(int(self.rank)), "alpha": repr(float(self.alpha)),
             "clip_width": str(int(self.clip_width)), "ctx_dim": str(int(self.ctx_dim)),
             "num_queries": str(int(self.num_queries)),
             "layers": json.dumps([[k, int(d)] for k, d in self.layers]),
         }
+        if self.read_rank:  # absent = 0, so adapters without read deltas keep their exact header
+            meta["read_rank"] = str(int(self.read_rank))
+        return meta
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, str] | None, source: str = "adapter") -> "AdapterSpec":
@@ -140,7 +147,8 @@ class AdapterSpec:
             spec = cls(family=meta["family"], rank=_number(meta, "rank", int), alpha=_number(meta, "alpha", float),
                        clip_width=_number(meta, "clip_width", int), ctx_dim=_number(meta, "ctx_dim", int),
                        layers=[(k, d) for k, d in json.loads(meta["layers"])],
-                       num_queries=_number({"num_queries": "77", **meta}, "num_queries", int), version=int(version))
+                       num_queries=_number({"num_queries": "77", **meta}, "num_queries", int), version=int(version),
+                       read_rank=_number({"read_rank": "0", **meta}, "read_rank", int))
         except (ValueError, OverflowError, RecursionError) as exc:
             if str(exc).startswith("P3S:"):
                 raise ValueError(f"{exc} (in {source}; the file is corrupt, re-download or "

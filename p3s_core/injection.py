@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -129,12 +129,15 @@ class Appended(NamedTuple):
 
     Row b of the call reads reference row ``rows[b]`` (-1: none); of its N appended tokens only those
     with ``valid[rows[b]]`` exist (the rest is padding); every one carries the bias log(``weight``).
+    ``query`` (an adapter's read delta, or None): maps the call's queries [B, T, inner] to the queries
+    that read these tokens; the image's own keys are always read with the plain queries.
     """
 
     offset: int
     rows: torch.Tensor    # [B] long
     valid: torch.Tensor   # [R, N] bool
     weight: float
+    query: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def bias(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return reference_bias(self.valid, self.rows, self.weight, dtype)
@@ -177,45 +180,80 @@ def _part_keys(t: torch.Tensor, at, part: Appended, r: int) -> torch.Tensor:
     return t.index_select(1, idx + part.offset)
 
 
-def fused_subject_read(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-                       parts: Sequence[Appended]) -> torch.Tensor | None:
-    """``biased_attention`` computed without a mask: None where no fused kernel applies (see module doc).
+def _math_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    return lse_attention.math_attention(q, k, v, scale)
 
-    Works in the [B, T, heads, d] layout the CPU kernel writes, so the merge touches contiguous memory.
-    """
-    own = _tail_layout(parts, k.shape[1])
-    if not own:
-        return None
+
+def _own_keys(parts: Sequence[Appended], keys: int, device) -> slice | torch.Tensor:
+    """The image's own keys (every key outside the parts): a slice when the parts close the key list."""
+    own = _tail_layout(parts, keys)
+    if own is not None:
+        return slice(0, own)
+    keep = torch.ones(keys, dtype=torch.bool)
+    for p in parts:
+        keep[p.offset: p.offset + p.valid.shape[1]] = False
+    return torch.nonzero(keep).flatten().to(device)
+
+
+def _split_read(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, parts: Sequence[Appended],
+                attend) -> torch.Tensor | None:
+    """The read as one attention over the image's own keys and one per (part, reference row), merged with
+    their log-sum-exps plus log(weight); ``attend`` -> None aborts (no kernel for this input)."""
+    own_idx = _own_keys(parts, k.shape[1], k.device)
     b, tq, inner = q.shape
     scale = (inner // heads) ** -0.5
-    first = lse_attention.lse_attention(_heads(q, heads), _heads(k[:, :own], heads), _heads(v[:, :own], heads),
-                                        scale)
+    k_own = k[:, own_idx] if isinstance(own_idx, slice) else k.index_select(1, own_idx)
+    v_own = v[:, own_idx] if isinstance(own_idx, slice) else v.index_select(1, own_idx)
+    if k_own.shape[1] == 0:
+        return None
+    first = attend(_heads(q, heads), _heads(k_own, heads), _heads(v_own, heads), scale)
     if first is None:
         return None
     out, lse = first[0].transpose(1, 2), first[1].transpose(1, 2)  # [B, T, H, d], [B, T, H]
     for part in parts:
         if part.weight <= 0:
             continue
+        qp = part.query(q) if part.query is not None else q
         for r, at in _row_groups(part.rows.to(q.device)):
             kr, vr = _part_keys(k, at, part, r), _part_keys(v, at, part, r)
             if kr.shape[1] == 0:
                 continue
-            got = lse_attention.lse_attention(_heads(q[at], heads), _heads(kr, heads), _heads(vr, heads), scale)
+            got = attend(_heads(qp[at], heads), _heads(kr, heads), _heads(vr, heads), scale)
             if got is None:
                 return None
             merged, merged_lse = lse_attention.merge(out[at], lse[at], got[0].transpose(1, 2),
                                                      got[1].transpose(1, 2) + math.log(part.weight))
+            if torch.is_grad_enabled() and (merged.requires_grad or out.requires_grad):
+                out, lse = out.clone(), lse.clone()  # the trainer's path: no in-place writes on the graph
             out[at], lse[at] = merged.to(out.dtype), merged_lse
     return out.reshape(b, tq, inner)
+
+
+def fused_subject_read(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                       parts: Sequence[Appended]) -> torch.Tensor | None:
+    """``biased_attention`` computed without a mask: None where no fused kernel applies (see module doc).
+
+    Works in the [B, T, heads, d] layout the CPU kernel writes, so the merge touches contiguous memory.
+    """
+    if not _tail_layout(parts, k.shape[1]):
+        return None
+    return _split_read(q, k, v, heads, parts, lse_attention.lse_attention)
 
 
 def subject_read(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
                  parts: Sequence[Appended]) -> torch.Tensor:
     """Self-attention whose keys end with appended reference tokens (``parts``), each with its bias:
-    the fused read where a kernel allows it, else the masked ``biased_attention``; the same result."""
+    the fused read where a kernel allows it, else the masked ``biased_attention``; the same result.
+    Parts with a read ``query`` need queries of their own, which one masked softmax cannot take: without
+    a kernel (on CPU while training, for gradients) they use the same split read in float32 maths."""
     out = fused_subject_read(q, k, v, heads, parts)
     if out is not None:
         return out
+    if any(p.query is not None for p in parts):
+        out = _split_read(q, k, v, heads, parts, _math_attend)
+        if out is not None:
+            return out.to(q.dtype)
     offset, bias = merged_bias(parts, k.shape[1])
     return biased_attention(q, k, v, heads, offset, bias)
 

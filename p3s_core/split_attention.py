@@ -34,21 +34,35 @@ def _log_partition(qh: torch.Tensor, kh: torch.Tensor, scale: float) -> torch.Te
 
 
 def merge_appended(q: torch.Tensor, k_own: torch.Tensor, out_own: torch.Tensor, k_app: torch.Tensor,
-                   v_app: torch.Tensor, heads: int, bias: torch.Tensor) -> torch.Tensor:
+                   v_app: torch.Tensor, heads: int, bias: torch.Tensor, q_app: torch.Tensor | None = None
+                   ) -> torch.Tensor:
     """``out_own`` (attention over ``k_own``, made elsewhere) merged with the appended keys ``k_app``/``v_app``.
 
     q [B, Tq, inner], k_own [B, T, inner], out_own [B, Tq, inner], k_app/v_app [B, N, inner], bias [B, N]
-    (log weight, -inf for padding). Rows whose appended keys are all -inf return ``out_own`` unchanged.
+    (log weight, -inf for padding); ``q_app``: the queries that read the appended keys (an adapter's read
+    delta; default ``q``). Rows whose appended keys are all -inf return ``out_own`` unchanged.
     """
-    qh, koh, kah, vah = (_heads(t, heads) for t in (q, k_own, k_app, v_app))
+    return merge_groups(q, k_own, out_own, [(q if q_app is None else q_app, k_app, v_app, bias)], heads)
+
+
+def merge_groups(q: torch.Tensor, k_own: torch.Tensor, out_own: torch.Tensor,
+                 groups: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]], heads: int
+                 ) -> torch.Tensor:
+    """``merge_appended`` for several groups of appended keys, each read with its own queries:
+    ``groups`` = [(q_app, k_app, v_app, bias)]; one softmax over the own keys and every group."""
+    qh, koh = _heads(q, heads), _heads(k_own, heads)
     scale = qh.shape[-1] ** -0.5
     lse_own = _log_partition(qh, koh, scale)
-    scores = qh @ kah.transpose(-1, -2) * scale + bias.to(qh.device, torch.float32)[:, None, None, :]
-    lse_app = torch.logsumexp(scores, dim=-1)
-    probs = torch.nan_to_num(torch.exp(scores - lse_app[..., None]), nan=0.0)  # all -inf rows: no share
-    out_app = probs @ vah
-    share = torch.sigmoid(lse_app - lse_own)[..., None]  # Z_app / (Z_own + Z_app)
     own = _heads(out_own, heads)
-    merged = own + share * (out_app - own)
+    outs, lses = [own], [lse_own]
+    for q_app, k_app, v_app, bias in groups:
+        qah, kah, vah = (_heads(t, heads) for t in (q_app, k_app, v_app))
+        scores = qah @ kah.transpose(-1, -2) * scale + bias.to(qh.device, torch.float32)[:, None, None, :]
+        lse_app = torch.logsumexp(scores, dim=-1)
+        probs = torch.nan_to_num(torch.exp(scores - lse_app[..., None]), nan=0.0)  # all -inf rows: no share
+        outs.append(probs @ vah)
+        lses.append(lse_app)
+    total = torch.logsumexp(torch.stack(lses), dim=0)
+    merged = sum(torch.nan_to_num(torch.exp(lse - total), nan=0.0)[..., None] * o for lse, o in zip(lses, outs))
     b, tq, inner = out_own.shape
     return merged.transpose(1, 2).reshape(b, tq, inner).to(out_own.dtype)

@@ -79,7 +79,9 @@ def env(host, tmp_path_factory):
 
 
 def _config(e, **kw):
-    base = dict(steps=STEPS, batch_size=2, lr=1e-2, rank=4, acl_weight=0.0, seed=0)
+    # eps weighting: its per-step loss is comparable across noise levels, so "the loss went down" can be read
+    # off 50 steps (v's (1 + sigma^2) spans 1..200 between steps); test_training_command covers the default
+    base = dict(steps=STEPS, batch_size=2, lr=1e-2, rank=4, acl_weight=0.0, seed=0, loss_weighting="eps")
     base.update(kw)
     return e.training.TrainConfig(**base)
 
@@ -127,7 +129,7 @@ def _spec(e, family="sd15", clip_width=64, model=None):
     models = e.host.pack("nodes.models")
     m = model or e.m
     return e.adapter_mod.AdapterSpec(family=family, rank=4, alpha=4.0, clip_width=clip_width,
-                                     ctx_dim=models.context_dim(m), layers=models.transformer_layers(m))
+                                     ctx_dim=models.context_dim(m), layers=models.transformer_layers(m), read_rank=4)
 
 
 def test_zero_initialised_adapter_equals_training_free(env):
@@ -143,6 +145,25 @@ def test_zero_initialised_adapter_equals_training_free(env):
     assert (free - _sample(e, e.m)).abs().max().item() > 1e-3  # and injection itself is on
 
 
+def test_read_deltas_change_the_image_and_weight_zero_stays_plain(env):
+    """Read deltas act only on the subject tokens' read: nudged, they change the image; at weight 0 there is
+    no read, so the image is plain sampling exactly."""
+    e = _host_models(env)
+    a = e.adapter_mod.P3SAdapter(_spec(e))
+    with torch.no_grad():
+        for name, p in a.named_parameters():
+            if name.startswith("read.") and name.endswith("up.weight"):
+                p.normal_(std=0.5, generator=torch.Generator().manual_seed(0))
+    Apply, _ = _nodes(e)
+    free = _sample(e, _apply(e)[0])
+    read = _sample(e, _apply(e, adapter=a)[0])
+    assert (free - read).abs().max().item() > 1e-3
+    with torch.inference_mode():
+        zero = Apply.execute(e.m, e.vae, e.image[None], 0.0, 0.0, 1.0, mask=e.masks[:1].float(), clip_vision=e.cv,
+                             adapter=a).result[0]
+    assert torch.equal(_sample(e, zero), _sample(e, e.m))
+
+
 # ---- (b) training lowers the loss; the file works in a real server --------------------------------------
 def test_training_lowers_the_loss_and_writes_adapter_and_curve(env):
     cfg, res = _run(env, "off", checkpoint_every=25)
@@ -155,6 +176,9 @@ def test_training_lowers_the_loss_and_writes_adapter_and_curve(env):
     assert spec.family == "sd15" and spec.rank == 4
     adapter = env.adapter_mod.load_adapter(out)
     assert abs(float(adapter.gate.detach())) > 0  # it learned something
+    assert spec.read_rank == cfg.read_rank > 0  # the default trains read deltas too, and they moved
+    assert max(p.abs().max().item() for n, p in adapter.named_parameters()
+               if n.startswith("read.") and n.endswith("up.weight")) > 0
     from PIL import Image
     with Image.open(out.with_suffix(".loss.png")) as im:
         assert im.size[0] > 100
@@ -257,6 +281,8 @@ def test_training_command_writes_adapter_checkpoints_and_samples(env):
     assert [s.name for s in samples] == ["step_000004.png"]
     meta = env.adapter_mod.read_adapter_header(out)
     assert meta.rank == 2
+    assert meta.read_rank == env.training.TrainConfig.read_rank > 0  # the defaults: read deltas, v weighting
+    assert all(math.isfinite(h["loss"]) for h in res.history)
 
 
 # ---- paired references (references/ + reference_masks/ or reference_points/) -----------------------------

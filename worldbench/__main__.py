@@ -145,7 +145,7 @@ def cmd_bench(a) -> None:
     t0 = time.time()
     res = bench.bench(cfg, a.cases, a.seeds, a.split, a.steps, a.cfg, a.weight, a.adapter_steps, a.adapter_data,
                       tuple(a.acl_weights), only, Path(a.out) if a.out else None,
-                      Path(a.json) if a.json else None, a.threads)
+                      Path(a.json) if a.json else None, a.threads, a.adapter_read_rank, a.adapter_weighting)
     print(f"== transfer benchmark: {cfg.name} world ({res['world']}), split {a.split}, {a.cases} cases x "
           f"{a.seeds} samples, {a.steps} steps euler/normal, cfg {a.cfg}, weight {a.weight}")
     print(res["table"])
@@ -173,6 +173,10 @@ def _bench_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--adapter-data", type=int, default=600, help="train-split pairs exported for the adapters")
     s.add_argument("--acl-weights", type=float, nargs="+", default=[0.0, 100.0],
                    help="ACL weights of the adapters; the last one is the 'adapter' of the last line")
+    s.add_argument("--adapter-read-rank", type=int, default=None,
+                   help="the adapters' --read-rank (default: the trainer's; 0: reference-side deltas only)")
+    s.add_argument("--adapter-weighting", choices=("eps", "v", "x0"), default=None,
+                   help="the adapters' --loss-weighting (default: the trainer's)")
     s.add_argument("--out", default=None, help="grid PNG to write")
     s.add_argument("--json", default=None, help="all results as JSON")
     s.add_argument("--threads", type=int, default=None,

@@ -164,9 +164,15 @@ def pick_score(summary: dict) -> float:
 
 # ---- adapters ----------------------------------------------------------------------------------------------
 def train_adapters(cfg: WorldConfig, steps: int, acl_weights: tuple[float, ...], count: int, batch: int = 4,
-                   lr: float = 1e-3, rank: int = 8, threads: int = 1) -> dict[str, Path]:
+                   lr: float = 1e-3, rank: int = 8, threads: int = 1, read_rank: int | None = None,
+                   weighting: str | None = None) -> dict[str, Path]:
     """Adapters trained by ``scripts/train_adapter.py --custom-node worldbench/world_registrar`` on an export of
-    ``count`` train-split pairs (train identities only), one per ACL weight; cached in the world folder."""
+    ``count`` train-split pairs (train identities only), one per ACL weight; cached in the world folder.
+    ``read_rank`` / ``weighting``: the trainer's ``--read-rank`` / ``--loss-weighting`` (None: its defaults)."""
+    sys.path.append(str(REPO))
+    from p3s_core.training.config import TrainConfig
+    read_rank = TrainConfig.read_rank if read_rank is None else int(read_rank)
+    weighting = weighting or TrainConfig.loss_weighting
     from .export import export
     f = files(cfg)
     data = f.dir / f"adapter_data_{count}"
@@ -174,7 +180,7 @@ def train_adapters(cfg: WorldConfig, steps: int, acl_weights: tuple[float, ...],
         export(data, count, "train", cfg.side)
     out = {}
     for w in acl_weights:
-        name = f"world_adapter_acl{w:g}_s{steps}_b{batch}_r{rank}_n{count}.safetensors"
+        name = f"world_adapter_acl{w:g}_s{steps}_b{batch}_r{rank}_q{read_rank}_{weighting}_n{count}.safetensors"
         path = f.dir / "adapters" / name
         if not path.is_file():
             path.parent.mkdir(exist_ok=True)
@@ -182,6 +188,7 @@ def train_adapters(cfg: WorldConfig, steps: int, acl_weights: tuple[float, ...],
                    "--checkpoint", str(f.checkpoint), "--clip-vision", str(f.clip_vision), "--data", str(data),
                    "--output", str(path), "--resolution", str(cfg.side), "--cpu", "--steps", str(steps),
                    "--batch-size", str(batch), "--lr", str(lr), "--rank", str(rank), "--acl-weight", f"{w:g}",
+                   "--read-rank", str(read_rank), "--loss-weighting", weighting,
                    "--checkpoint-every", "0", "--no-progress"]
             log.info("worldbench: training an adapter (ACL weight %g, %d steps)", w, steps)
             t0 = time.time()
@@ -377,7 +384,7 @@ def save_grid(grid: list, path: Path, best: str, scale: int = 2) -> list[str]:
 def bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", steps: int = 20, cfg_scale: float = 6.0,
           weight: float = 1.0, adapter_steps: int = 0, adapter_data: int = 600, acl_weights: tuple = (0.0, 100.0),
           only: tuple[str, ...] = (), out: Path | None = None, json_out: Path | None = None,
-          threads: int | None = None) -> dict:
+          threads: int | None = None, read_rank: int | None = None, weighting: str | None = None) -> dict:
     """The whole benchmark: adapters (if ``adapter_steps``), every variant, the table, the grid, the last line."""
     if not files(cfg).ready():
         raise SystemExit(f"worldbench: the world model {files(cfg).dir} is not trained: run "
@@ -386,7 +393,8 @@ def bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", steps: 
     threads = threads or int(os.environ.get("P3S_WORLD_THREADS", 1))
     torch.set_num_threads(threads)
     clock = Clock()
-    adapters = train_adapters(cfg, adapter_steps, tuple(acl_weights), adapter_data, threads=threads) \
+    adapters = train_adapters(cfg, adapter_steps, tuple(acl_weights), adapter_data, threads=threads,
+                              read_rank=read_rank, weighting=weighting) \
         if adapter_steps > 0 else {}
     adapter_time = clock.minutes()
     run = run_bench(cfg, cases, seeds, split, steps, cfg_scale, weight, adapters, only, threads=threads)

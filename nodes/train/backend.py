@@ -129,7 +129,7 @@ class ComfyBackend:
             run.clear()
         s = sigma.view(-1, *([1] * (x.ndim - 1)))
         pred = (x.float() - denoised.float()) / s  # eps from the denoised output (EPS and V models alike)
-        return ForwardOutput(pred, noise, maps_with, maps_without)
+        return ForwardOutput(pred, noise, maps_with, maps_without, sigma)
 
     def close(self) -> None:
         """Remove the attention recorders from the U-Net."""

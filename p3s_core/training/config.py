@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass, field, fields
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+LOSS_WEIGHTINGS = ("eps", "v", "x0")  # diffusion loss per sample: eps MSE x 1, x (1 + sigma^2), x sigma^2
 TRAIN_FILLS = ("blur", "flat")  # fills of the on-the-fly reference (inpaint needs sampling: not in training)
 
 
@@ -22,6 +23,11 @@ class TrainConfig:
     batch_size: int = _opt(1, "images per step and per process")
     lr: float = _opt(1e-4, "AdamW learning rate")
     rank: int = _opt(16, "rank of the low-rank reference deltas (file size and capacity grow with it)")
+    read_rank: int = _opt(8, "rank of the read deltas: the denoising pass's queries on the subject tokens "
+                             "(0: none, the reference-side deltas only)")
+    loss_weighting: str = _opt("v", "diffusion loss weighting over noise levels: eps (plain eps MSE), v (x (1 + "
+                                    "sigma^2): the v-prediction loss, which weights the high-noise steps where the "
+                                    "subject's identity is decided), x0 (x sigma^2)", choices=LOSS_WEIGHTINGS)
     alpha: float | None = _opt(None, "delta scale numerator (scale = alpha / rank; default: alpha = rank)",
                                type=float)
     acl_weight: float = _opt(100.0, "lambda of the Attention Consistency Loss (0: off, one U-Net pass less)")
@@ -42,6 +48,11 @@ class TrainConfig:
         for name in ("steps", "batch_size", "rank"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"P3S: --{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if int(self.read_rank) < 0:
+            raise ValueError(f"P3S: --read-rank must be >= 0 (0: no read deltas), got {self.read_rank}")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"P3S: --loss-weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, "
+                             f"got {self.loss_weighting!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"P3S: --lr must be > 0, got {self.lr}")
         if not (self.acl_weight >= 0 and math.isfinite(self.acl_weight)):

@@ -34,6 +34,7 @@ class ForwardOutput:
     target: torch.Tensor                   # the noise that was added
     maps_with: list[torch.Tensor] = field(default_factory=list)     # attn2 probs, injection on
     maps_without: list[torch.Tensor] = field(default_factory=list)  # attn2 probs, no injection (no grad)
+    sigma: torch.Tensor | None = None      # [B] noise level of each sample (for the loss weighting)
 
 
 class Backend(Protocol):
@@ -49,9 +50,22 @@ class Backend(Protocol):
                 record_acl: bool) -> ForwardOutput: ...
 
 
-def compute_loss(out: ForwardOutput, acl_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """L = L_diffusion + lambda * ACL, and the parts as floats for logging (acl NaN when not recorded)."""
-    diff = diffusion_loss(out.pred, out.target)
+def noise_weights(sigma: torch.Tensor | None, weighting: str) -> torch.Tensor | None:
+    """Per-sample weights of the eps MSE: eps 1, v (1 + sigma^2), x0 sigma^2 (None: unweighted)."""
+    if weighting == "eps":
+        return None
+    if sigma is None:
+        raise ValueError(f"P3S: loss weighting {weighting!r} needs the noise level of each sample; this "
+                         "backend's forward does not report it (use --loss-weighting eps)")
+    s2 = sigma.detach().float().flatten() ** 2
+    return 1.0 + s2 if weighting == "v" else s2
+
+
+def compute_loss(out: ForwardOutput, acl_weight: float, weighting: str = "eps"
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
+    """L = L_diffusion (weighted over noise levels) + lambda * ACL, and the parts as floats for logging
+    (acl NaN when not recorded)."""
+    diff = diffusion_loss(out.pred, out.target, noise_weights(out.sigma, weighting))
     acl = attention_consistency_loss(out.maps_with, out.maps_without) if out.maps_with else None
     loss = total_loss(diff, acl, acl_weight)
     return loss, {"loss": float(loss.detach()), "diffusion": float(diff.detach()),
@@ -64,7 +78,8 @@ def make_adapter(backend, config: TrainConfig) -> P3SAdapter:
         torch.manual_seed(config.seed)
         spec = AdapterSpec(family=backend.family, rank=config.rank,
                            alpha=float(config.alpha if config.alpha is not None else config.rank),
-                           clip_width=backend.clip_width, ctx_dim=backend.ctx_dim, layers=backend.layers)
+                           clip_width=backend.clip_width, ctx_dim=backend.ctx_dim, layers=backend.layers,
+                           read_rank=int(config.read_rank))
         adapter = P3SAdapter(spec)
     return adapter.to(device=backend.device, dtype=torch.float32)
 
@@ -180,7 +195,7 @@ def _train_step(backend, adapter: P3SAdapter, stepper: _Stepper, dataset, config
     and ``stop`` > 0 when any process was asked to stop (one collective for both)."""
     out = backend.forward(adapter, draw_batch(backend, dataset, config, generator), generator,
                           record_acl=config.acl_weight > 0)
-    loss, parts = compute_loss(out, config.acl_weight)
+    loss, parts = compute_loss(out, config.acl_weight, config.loss_weighting)
     if not math.isfinite(parts["loss"]):
         raise ValueError(f"P3S: training diverged at step {step + 1} (loss {parts['loss']}): lower --lr, "
                          "or use --precision bf16/fp32 instead of fp16")

@@ -115,3 +115,20 @@ def test_total_loss():
     assert total_loss(d, a, 0.0).item() == 1.0
     with pytest.raises(ValueError, match="P3S"):
         total_loss(d, a, -1.0)
+
+
+def test_loss_weighting_over_noise_levels():
+    """eps: plain MSE; v: x (1 + sigma^2) per sample; x0: x sigma^2 (the MSE of the implied clean latent)."""
+    from p3s_core.training import ForwardOutput, compute_loss
+    from p3s_core.training.loop import noise_weights
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(3, 4, 2, 2, generator=g), torch.randn(3, 4, 2, 2, generator=g)
+    sigma = torch.tensor([0.1, 1.0, 10.0])
+    per = (pred - target).pow(2).flatten(1).mean(1)
+    out = ForwardOutput(pred, target, sigma=sigma)
+    assert compute_loss(out, 0.0, "eps")[0].item() == pytest.approx(per.mean().item(), rel=1e-6)
+    assert compute_loss(out, 0.0, "v")[0].item() == pytest.approx((per * (1 + sigma ** 2)).mean().item(), rel=1e-6)
+    assert compute_loss(out, 0.0, "x0")[0].item() == pytest.approx((per * sigma ** 2).mean().item(), rel=1e-6)
+    assert noise_weights(None, "eps") is None
+    with pytest.raises(ValueError, match="needs the noise level"):
+        compute_loss(ForwardOutput(pred, target), 0.0, "v")
