@@ -280,6 +280,10 @@ def test_bench_variants_and_api_prompts():
     assert g["sampler_step"]["5"]["class_type"] == "P3SSampler" and g["sampler_step"]["5"]["inputs"]["schedule"] == "step"
     assert g["adapter"]["14"]["inputs"]["adapter_name"] == "a.safetensors"
     assert g["adapter"]["12"]["inputs"]["clip_vision"] == ["13", 0]
+    # an adapter samples with the reference_mode it was trained with (adapters from before the option: per_step)
+    assert g["adapter"]["12"]["inputs"]["reference_mode"] == "per_step"
+    moded = {v.name: v for v in bench.variants({"adapter": "a.safetensors"}, modes={"adapter": "cached"})}
+    assert moded["adapter"].mode == "cached"
 
 
 def test_bench_last_line_and_table():
@@ -339,6 +343,8 @@ def test_transfer_bench_end_to_end_through_a_real_server(tmp_path, quick_world):
     assert Image.open(tmp_path / "grid.png").size == (2 * 5 * 66, 2 * 66)
     assert res["grid"]["columns"] == ["reference + click", "plain", "noselect", res["best_training_free"], "adapter"]
     assert (f.dir / "adapters" / res["adapters"]["adapter"]).is_file()
+    from p3s_core.training import TrainConfig
+    assert bench.adapter_mode(f.dir / "adapters" / res["adapters"]["adapter"]) == TrainConfig.reference_mode
     # same seed for every variant: the constant preset at weight_high 1 is exactly P3S Apply + KSampler, and
     # the injection (clicked or whole-image) changes the image (small on this barely trained model)
     d = row["diff"]

@@ -65,15 +65,26 @@ class Variant:
     apply: dict = field(default_factory=dict)  # more P3S Apply inputs (weight, ...)
 
 
-def variants(adapters: dict[str, str] | None = None, weight: float = 1.0) -> list[Variant]:
+def adapter_mode(path: Path) -> str:
+    """The reference_mode an adapter was trained with (the trainer's ``p3s_reference_mode`` metadata; adapters
+    from before that option were trained per_step), so the benchmark samples with it the way it was trained."""
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        return (f.metadata() or {}).get("p3s_reference_mode", "per_step")
+
+
+def variants(adapters: dict[str, str] | None = None, weight: float = 1.0,
+             modes: dict[str, str] | None = None) -> list[Variant]:
     """Every variant of the issue: plain, no selection, per_step, cached, uncond on, each P3S Sampler
-    preset, and one per trained adapter (``adapters``: variant name -> adapter file name)."""
+    preset, and one per trained adapter (``adapters``: variant name -> adapter file name; ``modes``: variant
+    name -> the reference_mode it samples with, default per_step)."""
     w = {"weight": weight}
     out = [Variant("plain", p3s=False), Variant("noselect", full_mask=True, apply=w),
            Variant("per_step", apply=w), Variant("cached", mode="cached", apply=w),
            Variant("uncond_on", uncond=True, apply=w)]
     out += [Variant(f"sampler_{p}", schedule=p, apply=w) for p in PRESETS]
-    out += [Variant(name, adapter=fname, training_free=False, apply=w) for name, fname in (adapters or {}).items()]
+    out += [Variant(name, adapter=fname, training_free=False, apply=w, mode=(modes or {}).get(name, "per_step"))
+            for name, fname in (adapters or {}).items()]
     return out
 
 
@@ -165,14 +176,16 @@ def pick_score(summary: dict) -> float:
 # ---- adapters ----------------------------------------------------------------------------------------------
 def train_adapters(cfg: WorldConfig, steps: int, acl_weights: tuple[float, ...], count: int, batch: int = 4,
                    lr: float = 1e-3, rank: int = 8, threads: int = 1, read_rank: int | None = None,
-                   weighting: str | None = None) -> dict[str, Path]:
+                   weighting: str | None = None, mode: str | None = None) -> dict[str, Path]:
     """Adapters trained by ``scripts/train_adapter.py --custom-node worldbench/world_registrar`` on an export of
     ``count`` train-split pairs (train identities only), one per ACL weight; cached in the world folder.
-    ``read_rank`` / ``weighting``: the trainer's ``--read-rank`` / ``--loss-weighting`` (None: its defaults)."""
+    ``read_rank`` / ``weighting`` / ``mode``: the trainer's ``--read-rank`` / ``--loss-weighting`` /
+    ``--reference-mode`` (None: its defaults)."""
     sys.path.append(str(REPO))
     from p3s_core.training.config import TrainConfig
     read_rank = TrainConfig.read_rank if read_rank is None else int(read_rank)
     weighting = weighting or TrainConfig.loss_weighting
+    mode = mode or TrainConfig.reference_mode
     from .export import export
     f = files(cfg)
     data = f.dir / f"adapter_data_{count}"
@@ -180,7 +193,8 @@ def train_adapters(cfg: WorldConfig, steps: int, acl_weights: tuple[float, ...],
         export(data, count, "train", cfg.side)
     out = {}
     for w in acl_weights:
-        name = f"world_adapter_acl{w:g}_s{steps}_b{batch}_r{rank}_q{read_rank}_{weighting}_n{count}.safetensors"
+        tag = f"q{read_rank}_{weighting}" + ("" if mode == "per_step" else f"_{mode}")
+        name = f"world_adapter_acl{w:g}_s{steps}_b{batch}_r{rank}_{tag}_n{count}.safetensors"
         path = f.dir / "adapters" / name
         if not path.is_file():
             path.parent.mkdir(exist_ok=True)
@@ -188,7 +202,7 @@ def train_adapters(cfg: WorldConfig, steps: int, acl_weights: tuple[float, ...],
                    "--checkpoint", str(f.checkpoint), "--clip-vision", str(f.clip_vision), "--data", str(data),
                    "--output", str(path), "--resolution", str(cfg.side), "--cpu", "--steps", str(steps),
                    "--batch-size", str(batch), "--lr", str(lr), "--rank", str(rank), "--acl-weight", f"{w:g}",
-                   "--read-rank", str(read_rank), "--loss-weighting", weighting,
+                   "--read-rank", str(read_rank), "--loss-weighting", weighting, "--reference-mode", mode,
                    "--checkpoint-every", "0", "--no-progress"]
             log.info("worldbench: training an adapter (ACL weight %g, %d steps)", w, steps)
             t0 = time.time()
@@ -257,7 +271,8 @@ def run_bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", ste
     Returns the results (per variant: n and each metric's share and 95 % interval) and the grid images."""
     import tempfile
     adapters = adapters or {}
-    vs = [v for v in variants({k: p.name for k, p in adapters.items()}, weight) if not only or v.name in only]
+    vs = [v for v in variants({k: p.name for k, p in adapters.items()}, weight,
+                              {k: adapter_mode(p) for k, p in adapters.items()}) if not only or v.name in only]
     reader = load_reader(cfg)
     f = files(cfg)
     tally = {v.name: Tally() for v in vs}
@@ -384,7 +399,8 @@ def save_grid(grid: list, path: Path, best: str, scale: int = 2) -> list[str]:
 def bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", steps: int = 20, cfg_scale: float = 6.0,
           weight: float = 1.0, adapter_steps: int = 0, adapter_data: int = 600, acl_weights: tuple = (0.0, 100.0),
           only: tuple[str, ...] = (), out: Path | None = None, json_out: Path | None = None,
-          threads: int | None = None, read_rank: int | None = None, weighting: str | None = None) -> dict:
+          threads: int | None = None, read_rank: int | None = None, weighting: str | None = None,
+          mode: str | None = None) -> dict:
     """The whole benchmark: adapters (if ``adapter_steps``), every variant, the table, the grid, the last line."""
     if not files(cfg).ready():
         raise SystemExit(f"worldbench: the world model {files(cfg).dir} is not trained: run "
@@ -394,7 +410,7 @@ def bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", steps: 
     torch.set_num_threads(threads)
     clock = Clock()
     adapters = train_adapters(cfg, adapter_steps, tuple(acl_weights), adapter_data, threads=threads,
-                              read_rank=read_rank, weighting=weighting) \
+                              read_rank=read_rank, weighting=weighting, mode=mode) \
         if adapter_steps > 0 else {}
     adapter_time = clock.minutes()
     run = run_bench(cfg, cases, seeds, split, steps, cfg_scale, weight, adapters, only, threads=threads)

@@ -76,7 +76,7 @@ class ComfyBackend:
     """The frozen model, CLIP, VAE and CLIP vision of a training run (see the module docstring)."""
 
     def __init__(self, model, clip, vae, clip_vision, *, resolution: int, precision: str = "fp32",
-                 acl_layers: str = "all", selection_features: str = "clip"):
+                 acl_layers: str = "all", selection_features: str = "clip", reference_mode: str = "cached"):
         self.patcher, self.clip, self.vae, self.clip_vision = model, clip, vae, clip_vision
         self.family = model_family(model)
         self.layers = transformer_layers(model)
@@ -90,6 +90,7 @@ class ComfyBackend:
         self.resolution = resolution
         self.precision = precision
         self.selection = selection_features
+        self.reference_mode = reference_mode  # as P3S Apply's: cached = the clean reference (sigma_min)
         self.ms = self.base.model_sampling
         self._text: dict[str, tuple] = {}
         self._latents: dict[str, torch.Tensor] = {}
@@ -105,14 +106,15 @@ class ComfyBackend:
             tokens, valid = subject_clip_tokens(self.clip_vision, batch.subjects, batch.masks)
         ctx, pooled = self.encode_text(batch.captions)
         extra = self._extra(pooled, side)
-        # one timestep per batch: the reference pass is noised to the batch's sigma, as at sampling time
+        # one timestep per batch: in per_step mode the reference pass is noised to the batch's sigma, as at
+        # sampling time; in cached mode it runs at sigma_min whatever the batch's sigma, as P3S Apply's cache
         t = torch.randint(0, self.ms.sigmas.shape[0], (1,), generator=generator)
         sigma = self.ms.sigma(t.float()).float().to(self.device).expand(b).contiguous()
         noise = torch.randn(target.shape, generator=generator).to(self.device)
         ref_noise = torch.randn(ref.shape, generator=generator).to(self.device)
         x = self.ms.noise_scaling(sigma, noise, target)
         patch = P3SPatch(reference_latent=ref, mask=lmask.cpu(), schedule=WeightSchedule.constant(1.0),
-                         mode="per_step", adapter=adapter, subject_tokens=tokens, subject_valid=valid)
+                         mode=self.reference_mode, adapter=adapter, subject_tokens=tokens, subject_valid=valid)
         run = patch.new_run(self.ms, noise=ref_noise)
         plain = {"cond_or_uncond": [0], "sigmas": sigma}
         maps_with: list = []

@@ -46,7 +46,8 @@ def run_training(job: TrainJob, dist: DistContext | None = None) -> TrainResult:
     if dataset is None:
         dataset = SubjectDataset(job.data, resolution)
     backend = ComfyBackend(model, clip, vae, cv, resolution=resolution, precision=config.precision,
-                           acl_layers=job.acl_layers, selection_features=job.selection_features)
+                           acl_layers=job.acl_layers, selection_features=job.selection_features,
+                           reference_mode=config.reference_mode)
     try:
         sampler = None
         if config.sample_every and (dist is None or dist.is_main):

@@ -9,7 +9,8 @@ import math
 from dataclasses import dataclass, field, fields
 
 PRECISIONS = ("fp32", "fp16", "bf16")
-LOSS_WEIGHTINGS = ("eps", "v", "x0")  # diffusion loss per sample: eps MSE x 1, x (1 + sigma^2), x sigma^2
+LOSS_WEIGHTINGS = ("eps", "v", "x0")
+REFERENCE_MODES = ("cached", "per_step")  # P3S Apply's reference_mode values: train the way you will sample  # diffusion loss per sample: eps MSE x 1, x (1 + sigma^2), x sigma^2
 TRAIN_FILLS = ("blur", "flat")  # fills of the on-the-fly reference (inpaint needs sampling: not in training)
 
 
@@ -28,6 +29,9 @@ class TrainConfig:
     loss_weighting: str = _opt("v", "diffusion loss weighting over noise levels: eps (plain eps MSE), v (x (1 + "
                                     "sigma^2): the v-prediction loss, which weights the high-noise steps where the "
                                     "subject's identity is decided), x0 (x sigma^2)", choices=LOSS_WEIGHTINGS)
+    reference_mode: str = _opt("cached", "the reference pass while training, as P3S Apply's reference_mode: cached "
+                                         "(the clean reference, at the lowest noise level) or per_step (noised "
+                                         "to each step's level)", choices=REFERENCE_MODES)
     alpha: float | None = _opt(None, "delta scale numerator (scale = alpha / rank; default: alpha = rank)",
                                type=float)
     acl_weight: float = _opt(100.0, "lambda of the Attention Consistency Loss (0: off, one U-Net pass less)")
@@ -50,6 +54,9 @@ class TrainConfig:
                 raise ValueError(f"P3S: --{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if int(self.read_rank) < 0:
             raise ValueError(f"P3S: --read-rank must be >= 0 (0: no read deltas), got {self.read_rank}")
+        if self.reference_mode not in REFERENCE_MODES:
+            raise ValueError(f"P3S: --reference-mode must be one of {', '.join(REFERENCE_MODES)}, "
+                             f"got {self.reference_mode!r}")
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"P3S: --loss-weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, "
                              f"got {self.loss_weighting!r}")

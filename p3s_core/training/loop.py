@@ -131,7 +131,9 @@ class _Stepper:
 def _finish(adapter: P3SAdapter, history: list[dict], output: Path, step: int, config: TrainConfig,
             extra_metadata: dict | None) -> None:
     meta = {"p3s_steps": step, "p3s_acl_weight": config.acl_weight, "p3s_lr": config.lr,
-            "p3s_batch_size": config.batch_size, "p3s_seed": config.seed, **(extra_metadata or {})}
+            "p3s_batch_size": config.batch_size, "p3s_seed": config.seed,
+            "p3s_reference_mode": config.reference_mode, "p3s_loss_weighting": config.loss_weighting,
+            **(extra_metadata or {})}
     if history:
         meta["p3s_final_loss"] = f"{history[-1]['loss']:.6g}"
     save_adapter(adapter, output, extra_metadata=meta)

@@ -132,3 +132,14 @@ def test_loss_weighting_over_noise_levels():
     assert noise_weights(None, "eps") is None
     with pytest.raises(ValueError, match="needs the noise level"):
         compute_loss(ForwardOutput(pred, target), 0.0, "v")
+
+
+def test_train_config_refuses_unknown_modes_and_weightings():
+    from p3s_core.training import TrainConfig
+    with pytest.raises(ValueError, match="--reference-mode must be one of cached, per_step, got 'fast'"):
+        TrainConfig(reference_mode="fast").validate()
+    with pytest.raises(ValueError, match="--loss-weighting must be one of eps, v, x0, got 'snr'"):
+        TrainConfig(loss_weighting="snr").validate()
+    with pytest.raises(ValueError, match="--read-rank must be >= 0"):
+        TrainConfig(read_rank=-2).validate()
+    TrainConfig(read_rank=0, loss_weighting="x0", reference_mode="per_step").validate()
