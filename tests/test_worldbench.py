@@ -374,6 +374,10 @@ def test_bench_picks_the_best_training_free_variant_on_val_only(tmp_path, monkey
     assert bench.best_training_free(sweep, cfg)[0] == "cached"
     assert bench.best_training_free(test, cfg)[0] == "per_step"
     assert "not this run's settings" in bench.best_training_free({**test, "weight": 0.5}, cfg)[1]
+    # a run of adapters only names no training-free variant (not plain), and its last line says na
+    only = {**run, "split": "test", "variants": {"adapter": summary(0.5, 0.1, 1)}}
+    assert bench.best_training_free(only, cfg)[0] == "none"
+    assert bench.last_line(only, "none").startswith("transfer clicked=na leak=na prompt=na")
 
 
 def test_adapter_loss_terms_are_read_from_the_trainers_log():
@@ -385,3 +389,26 @@ def test_adapter_loss_terms_are_read_from_the_trainers_log():
     assert got["loss_median"] == pytest.approx(0.2)
     assert loss_terms("no log lines") == {}
     assert loss_terms("P3S: step 1/1 loss 0.5 acl nan")["acl_median"] is None  # ACL weight 0: not recorded
+
+
+def test_noise_levels_diagnostic_rows(quick_world, tmp_path):
+    """The per-noise-level diagnostic on the quick world: every row at every level; a fresh adapter is exactly
+    the training-free row of the mode it records; the injection changes the prediction."""
+    from safetensors.torch import save_file
+
+    from p3s_core.adapter import P3SAdapter, adapter_state_dict, read_adapter_header
+    from worldbench import bench, noise_levels
+    cfg, _ = quick_world
+    trained = bench.train_adapters(cfg, 2, (100.0,), 8)["adapter"]  # the harness test's adapter (cached)
+    fresh = tmp_path / "fresh.safetensors"
+    spec = read_adapter_header(trained)
+    save_file(adapter_state_dict(P3SAdapter(spec)), str(fresh),
+              metadata={**spec.to_metadata(), "p3s_reference_mode": "cached"})
+    res = noise_levels.noise_level_errors(cfg, [fresh, trained], count=4, batch=4, timesteps=(999, 300))
+    rows = res["rows"]
+    assert set(rows) == {"plain", "per_step", "cached", "fresh", trained.stem}
+    assert all(set(r) == {999, 300} and all(v > 0 for v in r.values()) for r in rows.values())
+    assert rows["fresh"] == rows["cached"]
+    assert rows["per_step"][999] != rows["plain"][999] and rows["cached"][300] != rows["plain"][300]
+    text = noise_levels.table(res)
+    assert text.count("\n") == 6 and "| plain | " in text and "%)" in text

@@ -7,6 +7,7 @@
     python -m worldbench export --out DIR --count N [--split train]   # dataset for scripts/train_adapter.py
     python -m worldbench selection [--count N]          # the pack's point selection on world references
     python -m worldbench probe [--count N]              # quick look: does training-free P3S move identity?
+    python -m worldbench noise-levels [ADAPTER ...]     # denoising error per noise level, with each injection
     python -m worldbench files [--quick | --gpu]        # where the trained files are
     python -m worldbench bench [--quick] --cases N --seeds K [--split val|test] [--adapter-steps S] --out GRID.png
                                                         # the transfer benchmark through a real ComfyUI server
@@ -161,6 +162,16 @@ def cmd_bench(a) -> None:
     print(res["last_line"])
 
 
+def cmd_noise_levels(a) -> None:
+    from . import noise_levels
+    cfg = _cfg(a)
+    t0 = time.time()
+    res = noise_levels.noise_level_errors(cfg, [Path(p) for p in a.adapters], a.count)
+    print(f"== clean-latent prediction error per noise level: {res['pairs']} val pairs, {cfg.name} world")
+    print(noise_levels.table(res))
+    print(f"run time: {(time.time() - t0) / 60:.1f} min wall")
+
+
 def _bench_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--cases", type=int, default=20)
     s.add_argument("--seeds", type=int, default=4, help="samples per case (one batch from one seed)")
@@ -226,6 +237,9 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--split", choices=world.SPLITS, default="val")
     s.add_argument("--weight", type=float, default=1.0)
     s.add_argument("--mode", choices=("per_step", "cached"), default="per_step")
+    s = add("noise-levels", cmd_noise_levels)
+    s.add_argument("--count", type=int, default=32, help="val pairs")
+    s.add_argument("adapters", nargs="*", help="adapter files to compare with plain and training-free injection")
     add("files", cmd_files)
     _bench_args(add("bench", cmd_bench))
     a = p.parse_args(argv)

@@ -327,6 +327,8 @@ def best_training_free(res: dict, cfg: WorldConfig) -> tuple[str, str]:
     split the pick of an earlier ``val`` run, or the pack's default (cached with KSampler) if none."""
     tf = [n for n in res["variants"] if n not in ("plain", "noselect") and not n.startswith("adapter")]
     pick_path = files(cfg).dir / PICK_FILE
+    if not tf:  # e.g. --variants adapter: there is nothing to name, and plain is not a P3S mode
+        return "none", "no training-free variant in this run (--variants)"
     if res["split"] == "val" and len(tf) >= 2:  # a val run of one training-free variant (a sweep) picks nothing
         pick_path.parent.mkdir(parents=True, exist_ok=True)
         best = max(tf, key=lambda n: pick_score(res["variants"][n]))
@@ -340,7 +342,7 @@ def best_training_free(res: dict, cfg: WorldConfig) -> tuple[str, str]:
             return pick["variant"], (f"picked on val ({pick['cases']} cases x {pick['seeds']} seeds"
                                      + (")" if same else f", at steps {pick['steps']} cfg {pick['cfg']} weight "
                                                          f"{pick['weight']}: not this run's settings)"))
-    return (DEFAULT_VARIANT if DEFAULT_VARIANT in res["variants"] else tf[0] if tf else "plain"), \
+    return (DEFAULT_VARIANT if DEFAULT_VARIANT in res["variants"] else tf[0]), \
         "the pack's default (no val pick in the cache)"
 
 
