@@ -55,7 +55,7 @@ class P3SApply(io.ComfyNode):
                 io.Combo.Input("reference_mode", options=list(MODES), default=DEFAULT_MODE, optional=True,
                                tooltip="cached: one pass of the clean reference for all steps (fast; the "
                                        "default). per_step: the reference is re-noised and re-run every "
-                                       "step (about 1.2-1.25x the time of plain sampling; cached about 1.1x)."),
+                                       "step (about 1.15-1.25x the time of plain sampling; cached 1.05-1.1x)."),
                 io.Boolean.Input("uncond_sees_reference", default=False, optional=True,
                                  tooltip="Off: only the positive prompt's pass sees the subject, so CFG "
                                          "strengthens identity. On: both passes see it (gentler)."),
