@@ -97,6 +97,21 @@ class SubjectResampler(nn.Module):
         return self.out_proj(self.out_norm(out))
 
 
+def _nested_deltas(root: nn.ModuleDict, layers: Sequence[tuple[str, int]], rank: int, alpha: float
+                   ) -> dict[str, LowRankDelta]:
+    """One LowRankDelta per layer, at ``root[part][...][leaf]`` for the key 'part.….leaf'; key -> delta."""
+    deltas: dict[str, LowRankDelta] = {}
+    for key, dim in layers:
+        node = root
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if part not in node:
+                node[part] = nn.ModuleDict()
+            node = node[part]
+        node[leaf] = deltas.setdefault(key, LowRankDelta(dim, rank, alpha))
+    return deltas
+
+
 class P3SAdapter(nn.Module):
     """Reference-pass deltas (``apply_delta``) and subject context (``reference_context``)."""
 
@@ -106,27 +121,10 @@ class P3SAdapter(nn.Module):
         self.source = "<in memory>"  # file name, set by load_adapter, used in messages
         # Nested ModuleDicts so state_dict names are exactly the file names: lora.input.1.0.down.weight
         self.lora = nn.ModuleDict()
-        self._deltas: dict[str, LowRankDelta] = {}
-        for key, dim in spec.layers:
-            node = self.lora
-            *parents, leaf = key.split(".")
-            for part in parents:
-                if part not in node:
-                    node[part] = nn.ModuleDict()
-                node = node[part]
-            node[leaf] = self._deltas.setdefault(key, LowRankDelta(dim, spec.rank, spec.alpha))
-        # read deltas: nested the same way, under ``read.`` (absent when read_rank is 0)
+        self._deltas = _nested_deltas(self.lora, spec.layers, spec.rank, spec.alpha)
+        # read deltas: nested the same way, under ``read.`` (absent when read_rank is 0); scale 1
         self.read = nn.ModuleDict()
-        self._reads: dict[str, LowRankDelta] = {}
-        if spec.read_rank:
-            for key, dim in spec.layers:
-                node = self.read
-                *parents, leaf = key.split(".")
-                for part in parents:
-                    if part not in node:
-                        node[part] = nn.ModuleDict()
-                    node = node[part]
-                node[leaf] = self._reads.setdefault(key, LowRankDelta(dim, spec.read_rank, spec.read_rank))
+        self._reads = _nested_deltas(self.read, spec.layers, spec.read_rank, spec.read_rank) if spec.read_rank else {}
         self.proj = SubjectResampler(spec.clip_width, spec.ctx_dim, spec.num_queries)
         self.gate = nn.Parameter(torch.zeros(()))
 
