@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,8 @@ from scipy import ndimage
 
 import worldbench
 from worldbench import draw, world
+
+REPO = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("P3S_WORLD_QUIET", "1")
 
@@ -277,11 +280,17 @@ def test_bench_variants_and_api_prompts():
     assert g["noselect"]["11"]["class_type"] == "SolidMask" and "points" not in g["noselect"]["12"]["inputs"]
     assert g["cached"]["12"]["inputs"]["reference_mode"] == "cached"
     assert g["uncond_on"]["12"]["inputs"]["uncond_sees_reference"] is True
+    # the presets and uncond on change one setting of P3S Apply's defaults (cached)
+    assert g["uncond_on"]["12"]["inputs"]["reference_mode"] == g["sampler_step"]["12"]["inputs"]["reference_mode"] \
+        == "cached"
     assert g["sampler_step"]["5"]["class_type"] == "P3SSampler" and g["sampler_step"]["5"]["inputs"]["schedule"] == "step"
     assert g["adapter"]["14"]["inputs"]["adapter_name"] == "a.safetensors"
     assert g["adapter"]["12"]["inputs"]["clip_vision"] == ["13", 0]
     # an adapter samples with the reference_mode it was trained with (adapters from before the option: per_step)
     assert g["adapter"]["12"]["inputs"]["reference_mode"] == "per_step"
+    import re
+    pack_default = re.search(r'^DEFAULT_MODE = "(\w+)"', (REPO / "nodes" / "patch.py").read_text(), re.M).group(1)
+    assert bench.DEFAULT_VARIANT == pack_default  # the benchmark's default is the pack's
     moded = {v.name: v for v in bench.variants({"adapter": "a.safetensors"}, modes={"adapter": "cached"})}
     assert moded["adapter"].mode == "cached"
 
@@ -348,7 +357,7 @@ def test_transfer_bench_end_to_end_through_a_real_server(tmp_path, quick_world):
     # same seed for every variant: the constant preset at weight_high 1 is exactly P3S Apply + KSampler, and
     # the injection (clicked or whole-image) changes the image (small on this barely trained model)
     d = row["diff"]
-    assert d["sampler_constant"]["per_step"] == 0.0 and d["plain"]["plain"] == 0.0
+    assert d["sampler_constant"]["cached"] == 0.0 and d["plain"]["plain"] == 0.0
     assert d["per_step"]["plain"] > 0.0 and d["noselect"]["per_step"] > 0.0, d
 
 

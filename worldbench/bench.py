@@ -81,8 +81,9 @@ def variants(adapters: dict[str, str] | None = None, weight: float = 1.0,
     w = {"weight": weight}
     out = [Variant("plain", p3s=False), Variant("noselect", full_mask=True, apply=w),
            Variant("per_step", apply=w), Variant("cached", mode="cached", apply=w),
-           Variant("uncond_on", uncond=True, apply=w)]
-    out += [Variant(f"sampler_{p}", schedule=p, apply=w) for p in PRESETS]
+           Variant("uncond_on", uncond=True, mode=DEFAULT_VARIANT, apply=w)]
+    # the presets and uncond on, over P3S Apply's default mode: what a user gets by changing only that setting
+    out += [Variant(f"sampler_{p}", schedule=p, mode=DEFAULT_VARIANT, apply=w) for p in PRESETS]
     out += [Variant(name, adapter=fname, training_free=False, apply=w, mode=(modes or {}).get(name, "per_step"))
             for name, fname in (adapters or {}).items()]
     return out
