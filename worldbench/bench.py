@@ -303,9 +303,10 @@ def run_bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", ste
                     seconds[v.name] += time.time() - t0
                     images[v.name] = imgs[0]
                     row["variants"][v.name] = [tally[v.name].add(rd, case) for rd in reader.read_batch(imgs)]
-                # how far each variant's first sample is from plain's and per_step's (same seed): did it act?
+                # how far each variant's first sample is from plain's and each mode's (same seed): did it act?
                 row["diff"] = {n: {b: float(np.abs(im.astype(np.int16) - images[b].astype(np.int16)).mean())
-                                   for b in ("plain", "per_step") if b in images} for n, im in images.items()}
+                                   for b in ("plain", "per_step", "cached") if b in images}
+                               for n, im in images.items()}
                 per_case.append(row)
                 if k < grid_cases:
                     grid.append((case, images))
