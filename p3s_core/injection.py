@@ -180,11 +180,6 @@ def _part_keys(t: torch.Tensor, at, part: Appended, r: int) -> torch.Tensor:
     return t.index_select(1, idx + part.offset)
 
 
-def _math_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return lse_attention.math_attention(q, k, v, scale)
-
-
 def _own_keys(parts: Sequence[Appended], keys: int, device) -> slice | torch.Tensor:
     """The image's own keys (every key outside the parts): a slice when the parts close the key list."""
     own = _tail_layout(parts, keys)
@@ -251,7 +246,7 @@ def subject_read(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
     if out is not None:
         return out
     if any(p.query is not None for p in parts):
-        out = _split_read(q, k, v, heads, parts, _math_attend)
+        out = _split_read(q, k, v, heads, parts, lse_attention.math_attention)
         if out is not None:
             return out.to(q.dtype)
     offset, bias = merged_bias(parts, k.shape[1])

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from p3s_core import injection, split_attention
+from p3s_core import injection, lse_attention, split_attention
 from p3s_core.adapter import AdapterSpec, P3SAdapter, load_adapter, read_adapter_header, save_adapter
 
 from test_fused_read import _case  # noqa: E402  (tests/core is on sys.path under pytest)
@@ -50,7 +50,7 @@ def test_read_query_is_used_for_the_subject_tokens_only(weight, rows):
     assert fused is not None
     assert (fused - want).abs().max().item() <= 1e-4
     assert (injection.subject_read(q, k, v, 2, [part]) - want).abs().max().item() <= 1e-4
-    split = injection._split_read(q, k, v, 2, [part], injection._math_attend)
+    split = injection._split_read(q, k, v, 2, [part], lse_attention.math_attention)
     assert (split - want).abs().max().item() <= 1e-4
     plain = injection.subject_read(q, k, v, 2, [injection.Appended(24, rows_t, valid, weight)])
     assert (plain - want).abs().max().item() > 1e-3  # the query changed what the subject tokens give
