@@ -34,15 +34,13 @@ def _log_partition(qh: torch.Tensor, kh: torch.Tensor, scale: float) -> torch.Te
 
 
 def merge_appended(q: torch.Tensor, k_own: torch.Tensor, out_own: torch.Tensor, k_app: torch.Tensor,
-                   v_app: torch.Tensor, heads: int, bias: torch.Tensor, q_app: torch.Tensor | None = None
-                   ) -> torch.Tensor:
+                   v_app: torch.Tensor, heads: int, bias: torch.Tensor) -> torch.Tensor:
     """``out_own`` (attention over ``k_own``, made elsewhere) merged with the appended keys ``k_app``/``v_app``.
 
     q [B, Tq, inner], k_own [B, T, inner], out_own [B, Tq, inner], k_app/v_app [B, N, inner], bias [B, N]
-    (log weight, -inf for padding); ``q_app``: the queries that read the appended keys (an adapter's read
-    delta; default ``q``). Rows whose appended keys are all -inf return ``out_own`` unchanged.
+    (log weight, -inf for padding). Rows whose appended keys are all -inf return ``out_own`` unchanged.
     """
-    return merge_groups(q, k_own, out_own, [(q if q_app is None else q_app, k_app, v_app, bias)], heads)
+    return merge_groups(q, k_own, out_own, [(q, k_app, v_app, bias)], heads)
 
 
 def merge_groups(q: torch.Tensor, k_own: torch.Tensor, out_own: torch.Tensor,

@@ -9,8 +9,8 @@ import math
 from dataclasses import dataclass, field, fields
 
 PRECISIONS = ("fp32", "fp16", "bf16")
-LOSS_WEIGHTINGS = ("eps", "v", "x0")
-REFERENCE_MODES = ("cached", "per_step")  # P3S Apply's reference_mode values: train the way you will sample  # diffusion loss per sample: eps MSE x 1, x (1 + sigma^2), x sigma^2
+LOSS_WEIGHTINGS = ("eps", "v", "x0")  # diffusion loss per sample: eps MSE x 1, x (1 + sigma^2), x sigma^2
+REFERENCE_MODES = ("cached", "per_step")  # P3S Apply's reference_mode values: train the way you will sample
 TRAIN_FILLS = ("blur", "flat")  # fills of the on-the-fly reference (inpaint needs sampling: not in training)
 
 
