@@ -400,6 +400,21 @@ def test_adapter_loss_terms_are_read_from_the_trainers_log():
     assert loss_terms("P3S: step 1/1 loss 0.5 acl nan")["acl_median"] is None  # ACL weight 0: not recorded
 
 
+def test_adapter_file_names_hold_every_setting():
+    """Adapters with different settings never share a cache file; files named before lr was a setting keep their
+    names."""
+    from worldbench.bench import adapter_file_name
+    base = adapter_file_name(100, 1200, 4, 8, 8, "v", "cached", 1e-3, 600)
+    assert base == "world_adapter_acl100_s1200_b4_r8_q8_v_cached_n600.safetensors"
+    others = {adapter_file_name(0, 1200, 4, 8, 8, "v", "cached", 1e-3, 600),
+              adapter_file_name(100, 1200, 4, 8, 8, "v", "cached", 5e-3, 600),
+              adapter_file_name(100, 1200, 4, 8, 8, "v", "per_step", 1e-3, 600),
+              adapter_file_name(100, 1200, 4, 8, 0, "eps", "cached", 1e-3, 600),
+              adapter_file_name(100, 2400, 4, 16, 8, "v", "cached", 1e-3, 2400)}
+    assert base not in others and len(others) == 5
+    assert "_lr0.005_" in adapter_file_name(100, 1200, 4, 8, 8, "v", "cached", 5e-3, 600)
+
+
 def test_noise_levels_diagnostic_rows(quick_world, tmp_path):
     """The per-noise-level diagnostic on the quick world: every row at every level; a fresh adapter is exactly
     the training-free row of the mode it records; the injection changes the prediction."""
@@ -414,10 +429,15 @@ def test_noise_levels_diagnostic_rows(quick_world, tmp_path):
     save_file(adapter_state_dict(P3SAdapter(spec)), str(fresh),
               metadata={**spec.to_metadata(), "p3s_reference_mode": "cached"})
     res = noise_levels.noise_level_errors(cfg, [fresh, trained], count=4, batch=4, timesteps=(999, 300))
-    rows = res["rows"]
-    assert set(rows) == {"plain", "per_step", "cached", "fresh", trained.stem}
-    assert all(set(r) == {999, 300} and all(v > 0 for v in r.values()) for r in rows.values())
-    assert rows["fresh"] == rows["cached"]
+    rows, subject = res["rows"], res["subject"]
+    assert set(rows) == set(subject) == {"plain", "per_step", "cached", "fresh", trained.stem}
+    for table_rows in (rows, subject):
+        assert all(set(r) == {999, 300} and all(v > 0 for v in r.values()) for r in table_rows.values())
+        assert table_rows["fresh"] == table_rows["cached"]
+        assert table_rows["cached"][999] != table_rows["plain"][999]
     assert rows["per_step"][999] != rows["plain"][999] and rows["cached"][300] != rows["plain"][300]
-    text = noise_levels.table(res)
-    assert text.count("\n") == 6 and "| plain | " in text and "%)" in text
+    # the subject figure is its own average, not the whole latent's
+    assert all(subject[n][t] != rows[n][t] for n in rows for t in (999, 300))
+    for key in ("rows", "subject"):
+        text = noise_levels.table(res, key)
+        assert text.count("\n") == 6 and "| plain | " in text and "%)" in text

@@ -147,7 +147,7 @@ def cmd_bench(a) -> None:
     res = bench.bench(cfg, a.cases, a.seeds, a.split, a.steps, a.cfg, a.weight, a.adapter_steps, a.adapter_data,
                       tuple(a.acl_weights), only, Path(a.out) if a.out else None,
                       Path(a.json) if a.json else None, a.threads, a.adapter_read_rank, a.adapter_weighting,
-                      a.adapter_mode)
+                      a.adapter_mode, a.adapter_lr)
     print(f"== transfer benchmark: {cfg.name} world ({res['world']}), split {a.split}, {a.cases} cases x "
           f"{a.seeds} samples, {a.steps} steps euler/normal, cfg {a.cfg}, weight {a.weight}")
     print(res["table"])
@@ -169,6 +169,8 @@ def cmd_noise_levels(a) -> None:
     res = noise_levels.noise_level_errors(cfg, [Path(p) for p in a.adapters], a.count)
     print(f"== clean-latent prediction error per noise level: {res['pairs']} val pairs, {cfg.name} world")
     print(noise_levels.table(res))
+    print("== the same, inside the target subject's mask")
+    print(noise_levels.table(res, "subject"))
     print(f"run time: {(time.time() - t0) / 60:.1f} min wall")
 
 
@@ -191,6 +193,7 @@ def _bench_args(s: argparse.ArgumentParser) -> None:
                    help="the adapters' --loss-weighting (default: the trainer's)")
     s.add_argument("--adapter-mode", choices=("cached", "per_step"), default=None,
                    help="the adapters' --reference-mode, also the mode they sample with (default: the trainer's)")
+    s.add_argument("--adapter-lr", type=float, default=1e-3, help="the adapters' --lr")
     s.add_argument("--out", default=None, help="grid PNG to write")
     s.add_argument("--json", default=None, help="all results as JSON")
     s.add_argument("--threads", type=int, default=None,

@@ -175,6 +175,15 @@ def pick_score(summary: dict) -> float:
 
 
 # ---- adapters ----------------------------------------------------------------------------------------------
+def adapter_file_name(acl: float, steps: int, batch: int, rank: int, read_rank: int, weighting: str, mode: str,
+                      lr: float, count: int) -> str:
+    """The cache name of a benchmark adapter: every training setting the benchmark varies."""
+    # lr is named only off 1e-3 (the benchmark's first value), so earlier files keep their names
+    tag = (f"q{read_rank}_{weighting}" + ("" if mode == "per_step" else f"_{mode}")
+           + ("" if lr == 1e-3 else f"_lr{lr:g}"))
+    return f"world_adapter_acl{acl:g}_s{steps}_b{batch}_r{rank}_{tag}_n{count}.safetensors"
+
+
 def train_adapters(cfg: WorldConfig, steps: int, acl_weights: tuple[float, ...], count: int, batch: int = 4,
                    lr: float = 1e-3, rank: int = 8, threads: int = 1, read_rank: int | None = None,
                    weighting: str | None = None, mode: str | None = None) -> dict[str, Path]:
@@ -194,9 +203,7 @@ def train_adapters(cfg: WorldConfig, steps: int, acl_weights: tuple[float, ...],
         export(data, count, "train", cfg.side)
     out = {}
     for w in acl_weights:
-        tag = f"q{read_rank}_{weighting}" + ("" if mode == "per_step" else f"_{mode}")
-        name = f"world_adapter_acl{w:g}_s{steps}_b{batch}_r{rank}_{tag}_n{count}.safetensors"
-        path = f.dir / "adapters" / name
+        path = f.dir / "adapters" / adapter_file_name(w, steps, batch, rank, read_rank, weighting, mode, lr, count)
         if not path.is_file():
             path.parent.mkdir(exist_ok=True)
             cmd = [sys.executable, str(REPO / "scripts" / "train_adapter.py"), "--custom-node", str(REGISTRAR),
@@ -404,7 +411,7 @@ def bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", steps: 
           weight: float = 1.0, adapter_steps: int = 0, adapter_data: int = 600, acl_weights: tuple = (0.0, 100.0),
           only: tuple[str, ...] = (), out: Path | None = None, json_out: Path | None = None,
           threads: int | None = None, read_rank: int | None = None, weighting: str | None = None,
-          mode: str | None = None) -> dict:
+          mode: str | None = None, adapter_lr: float = 1e-3) -> dict:
     """The whole benchmark: adapters (if ``adapter_steps``), every variant, the table, the grid, the last line."""
     if not files(cfg).ready():
         raise SystemExit(f"worldbench: the world model {files(cfg).dir} is not trained: run "
@@ -414,7 +421,7 @@ def bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", steps: 
     torch.set_num_threads(threads)
     clock = Clock()
     adapters = train_adapters(cfg, adapter_steps, tuple(acl_weights), adapter_data, threads=threads,
-                              read_rank=read_rank, weighting=weighting, mode=mode) \
+                              read_rank=read_rank, weighting=weighting, mode=mode, lr=adapter_lr) \
         if adapter_steps > 0 else {}
     adapter_time = clock.minutes()
     run = run_bench(cfg, cases, seeds, split, steps, cfg_scale, weight, adapters, only, threads=threads)

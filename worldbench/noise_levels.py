@@ -4,7 +4,9 @@ Why an adapter does or does not carry identity shows here before any sampling: o
 reference with look-alikes and the clicked subject's mask; a target image of the same identity in another
 scene), the world U-Net predicts the clean target latent from the target noised to a fixed level, with the
 reference injected the way the trainer injects it (``nodes/train/backend.py``'s patch, the pack's own code).
-The figure is the mean squared error of that prediction (in latent units) per noise level. An injection
+The figure is the mean squared error of that prediction (in latent units) per noise level, over the whole
+latent and inside the target subject's mask (where identity lives: a subject covers a small part of the
+image, so the whole-latent figure dilutes what an injection does to it). An injection
 that carries the subject's identity lowers it below plain sampling at the high noise levels, where the
 colour is decided; one that only disturbs the image raises it. Same pairs, noise and references in every
 row, so rows differ only by the injection.
@@ -13,8 +15,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from .config import WorldConfig
 from .export import export
@@ -35,7 +39,8 @@ def _pack():
 
 def noise_level_errors(cfg: WorldConfig, adapters: list[Path] = (), count: int = 32, batch: int = 8,
                        timesteps: tuple[int, ...] = TIMESTEPS, seed: int = 123) -> dict:
-    """{row name: {timestep: mean squared error of the clean-latent prediction}} plus the sigmas.
+    """``rows`` / ``subject``: {row name: {timestep: mean squared error of the clean-latent prediction}}, over the
+    whole latent / inside the target subject's mask; plus the sigmas.
 
     Rows: ``plain``, ``per_step`` and ``cached`` (training-free) and one per adapter file (its stem), sampled
     in the reference_mode it was trained with. ``count`` val pairs (exported once into the world folder).
@@ -60,23 +65,35 @@ def noise_level_errors(cfg: WorldConfig, adapters: list[Path] = (), count: int =
         g = torch.Generator().manual_seed(seed)
         batches = [core.make_batch(dataset, list(range(i, min(i + batch, count))), g)
                    for i in range(0, count, batch)]
+        target_masks = [_target_masks(data, b.stems, cfg.side) for b in batches]
         rows: dict[str, tuple] = {"plain": (None, None), "per_step": (None, "per_step"), "cached": (None, "cached")}
         for path in adapters:
             rows[Path(path).stem] = (adapter_mod.load_adapter(path), adapter_mode(Path(path)))
-        out: dict = {"sigmas": {}, "rows": {name: {} for name in rows}, "pairs": count}
+        out: dict = {"sigmas": {}, "rows": {name: {} for name in rows}, "subject": {name: {} for name in rows},
+                     "pairs": count}
         for t in timesteps:
             out["sigmas"][t] = float(be.ms.sigma(torch.tensor([float(t)])))
             for name, (adapter, mode) in rows.items():
-                errs = [_error(be, patch_mod, schedule, apply_mod, b, t, adapter, mode, seed + i)
-                        for i, b in enumerate(batches)]
-                out["rows"][name][t] = sum(e * len(b) for e, b in zip(errs, batches)) / count
+                errs = [_error(be, patch_mod, schedule, apply_mod, b, m, t, adapter, mode, seed + i)
+                        for i, (b, m) in enumerate(zip(batches, target_masks))]
+                out["rows"][name][t] = sum(e[0] * len(b) for e, b in zip(errs, batches)) / count
+                out["subject"][name][t] = sum(e[1] * len(b) for e, b in zip(errs, batches)) / count
         return out
     finally:
         be.close()
 
 
-def _error(be, patch_mod, schedule, apply_mod, batch, t: int, adapter, mode: str | None, seed: int) -> float:
-    """Mean squared error of the clean-latent prediction of one batch at timestep ``t``."""
+def _target_masks(data: Path, stems, side: int) -> torch.Tensor:
+    """[B, side, side] float masks of each pair's target subject (the export's ``masks/<stem>.png``)."""
+    return torch.stack([torch.from_numpy(np.asarray(Image.open(data / "masks" / f"{s}.png").convert("L")
+                                                    .resize((side, side), Image.BILINEAR), np.float32) / 255.0)
+                        for s in stems])
+
+
+def _error(be, patch_mod, schedule, apply_mod, batch, target_mask: torch.Tensor, t: int, adapter,
+           mode: str | None, seed: int) -> tuple[float, float]:
+    """Mean squared error of the clean-latent prediction of one batch at timestep ``t``: over the whole latent,
+    and inside the target subjects' masks (per image, then averaged)."""
     g = torch.Generator().manual_seed(seed * 1000 + t)
     b = len(batch)
     target = be.encode_latents(batch.images, batch.stems)
@@ -102,16 +119,20 @@ def _error(be, patch_mod, schedule, apply_mod, batch, t: int, adapter, mode: str
                                                transformer_options=patch.call_options(run, options))
             finally:
                 run.clear()
-    return float(((denoised.float() - target.float()) ** 2).mean())
+    err = ((denoised.float() - target.float()) ** 2).mean(1)  # [B, h, w]
+    m = F.interpolate(target_mask[:, None], size=err.shape[-2:], mode="area")[:, 0]
+    inside = (err * m).sum((1, 2)) / m.sum((1, 2)).clamp(min=1e-6)
+    return float(err.mean()), float(inside.mean())
 
 
-def table(res: dict) -> str:
-    """Markdown: one row per injection, one column per noise level, the change against plain in brackets."""
+def table(res: dict, key: str = "rows") -> str:
+    """Markdown: one row per injection, one column per noise level, the change against plain in brackets;
+    ``key`` "rows" (whole latent) or "subject" (inside the target subject)."""
     ts = list(res["sigmas"])
     head = "| injection | " + " | ".join(f"sigma {res['sigmas'][t]:.2f}" for t in ts) + " |"
     lines = [head, "|---" * (len(ts) + 1) + "|"]
-    plain = res["rows"]["plain"]
-    for name, errs in res["rows"].items():
+    plain = res[key]["plain"]
+    for name, errs in res[key].items():
         cells = [f"{errs[t]:.4f}" + ("" if name == "plain" else f" ({100 * (errs[t] / plain[t] - 1):+.1f} %)")
                  for t in ts]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
