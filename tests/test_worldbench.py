@@ -337,6 +337,7 @@ def test_transfer_bench_end_to_end_through_a_real_server(tmp_path, quick_world):
     names = {v.name for v in bench.variants({"adapter": ""})}
     assert set(res["variants"]) == names
     row = res["per_case"][0]
+    got_of = lambda name, m: row["variants"][name][0][m]  # noqa: E731
     assert set(row["variants"]) == names and all(len(v) == 1 for v in row["variants"].values())
     for name, s in res["variants"].items():
         assert s["n"] == 1, name
@@ -352,6 +353,13 @@ def test_transfer_bench_end_to_end_through_a_real_server(tmp_path, quick_world):
     assert Image.open(tmp_path / "grid.png").size == (2 * 5 * 66, 2 * 66)
     assert res["grid"]["columns"] == ["reference + click", "plain", "noselect", res["best_training_free"], "adapter"]
     assert (f.dir / "adapters" / res["adapters"]["adapter"]).is_file()
+    # paired against plain: one case, so each difference is that case's, with a zero-width interval
+    for name in names - {"plain"}:
+        for m in ("clicked", "leak"):
+            p = res["paired"][name][m]
+            want = float(got_of(name, m)) - float(got_of("plain", m))
+            assert p == {"diff": want, "ci95": [want, want]}, (name, m, p)
+    assert res["paired_table"].count("\n") == len(names)
     from p3s_core.training import TrainConfig
     assert bench.adapter_mode(f.dir / "adapters" / res["adapters"]["adapter"]) == TrainConfig.reference_mode
     # same seed for every variant: the constant preset at weight_high 1 is exactly P3S Apply + KSampler, and
@@ -398,6 +406,31 @@ def test_adapter_loss_terms_are_read_from_the_trainers_log():
     assert got["loss_median"] == pytest.approx(0.2)
     assert loss_terms("no log lines") == {}
     assert loss_terms("P3S: step 1/1 loss 0.5 acl nan")["acl_median"] is None  # ACL weight 0: not recorded
+
+
+def test_paired_difference_is_matched_by_case():
+    """The paired difference is the variant's share minus the base's on the same samples; its interval is tight
+    when the two agree sample by sample and wider when they differ at random; a missing variant gives None."""
+    from worldbench.paired import paired_difference, paired_table
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(40):
+        base = rng.random(4) < 0.3
+        lifted = base | (rng.random(4) < 0.25)  # the variant keeps every base hit and adds some
+        noise = rng.random(4) < 0.3
+        rows.append({"variants": {n: [{"clicked": bool(x)} for x in xs]
+                                  for n, xs in (("plain", base), ("lifted", lifted), ("same", base), ("other", noise))}})
+    want = np.mean([np.mean([s["clicked"] for s in r["variants"]["lifted"]]) for r in rows]) - \
+        np.mean([np.mean([s["clicked"] for s in r["variants"]["plain"]]) for r in rows])
+    p = paired_difference(rows, "lifted")
+    assert p["diff"] == pytest.approx(want) and 0 < p["ci95"][0] < p["diff"] < p["ci95"][1]
+    assert paired_difference(rows, "same") == {"diff": 0.0, "ci95": [0.0, 0.0]}
+    q = paired_difference(rows, "other")
+    # an unmatched variant at the same rate: a wider interval than the matched one's
+    assert q["ci95"][1] - q["ci95"][0] > p["ci95"][1] - p["ci95"][0]
+    assert paired_difference(rows, "absent") is None
+    text = paired_table({"variants": {"plain": {}, "lifted": {}, "same": {}}, "per_case": rows}, metrics=("clicked",))
+    assert text.count("\n") == 3 and "| same | +0.00 [+0.00, +0.00] |" in text
 
 
 def test_adapter_file_names_hold_every_setting():

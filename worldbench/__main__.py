@@ -151,6 +151,9 @@ def cmd_bench(a) -> None:
     print(f"== transfer benchmark: {cfg.name} world ({res['world']}), split {a.split}, {a.cases} cases x "
           f"{a.seeds} samples, {a.steps} steps euler/normal, cfg {a.cfg}, weight {a.weight}")
     print(res["table"])
+    if res["paired_table"]:
+        print("== against plain on the same cases and seeds (95 % bootstrap over cases)")
+        print(res["paired_table"])
     rr = res["reader_on_references"]
     print(f"control: the reader on the references finds the clicked identity in {rr['clicked']:.2f} of them "
           f"(every identity right: {rr['all']:.2f})")

@@ -40,6 +40,7 @@ from . import world
 from .config import WorldConfig
 from .pipeline import Clock, files, load_reader
 from .progress import progress
+from .paired import paired_difference, paired_table
 from .quality import wilson
 
 log = logging.getLogger("P3S")
@@ -431,8 +432,11 @@ def bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", steps: 
                adapter_training_time=adapter_time, total_time=clock.minutes())
     if out is not None and run["grid"]:
         res["grid"] = {"path": str(out), "columns": save_grid(run["grid"], Path(out), best)}
+    res["paired"] = {n: {m: paired_difference(res["per_case"], n, "plain", m) for m in ("clicked", "leak")}
+                     for n in res["variants"] if n != "plain" and "plain" in res["variants"]}
     if json_out is not None:
         Path(json_out).write_text(json.dumps(res, indent=1, default=float))
     res["table"] = table(res)
+    res["paired_table"] = paired_table(res)
     res["last_line"] = last_line(res, best)
     return res
