@@ -10,18 +10,14 @@ pass (the neck) between.
 2. Other bodies: hills at least ``ALIKE`` x as high (thinner parts, such as legs, tails, ears, a head,
    are never look-alikes) and far enough from the click (``APART`` x ``T``) to be another body, not
    a lobe of this one. Negative points mark other bodies too.
-3. Parts too far from the click to be the clicked body: thick parts (at least ``FAR_THICK`` x the
-   click's thickness ``D``, the shape's distance to its boundary without the edge term) more than
-   ``FAR`` x ``D`` away from every click. A look-alike merged with the clicked body without a neck of
-   its own has no hill of its own, but a body whose inscribed radius is ``D`` rarely reaches that far;
-   thin parts (legs, a tail) are not thick enough to count. They are one more marker.
-4. A marker watershed splits the region between those markers along the passes. The clicked body is
+3. A marker watershed splits the region between those hills along the passes. The clicked body is
    flooded from the disc around each click that is surely inside it and from the top of the click's
    hill, so a neighbour's flood cannot take the clicked body's top or the side of it nearer to the
-   neighbour's top than to the click. The clicked side is the basins of the clicks; every other basin is
-   cut off. (Joining a basin back when the pass to it was as high as the lower hill, for the far end
-   of one long body, lowered touching look-alikes in bench/selection.py: 0.801/0.786 -> 0.813/0.801
-   seeds 0/1 without it.)
+   neighbour's top than to the click.
+4. A body joins the clicked side again only when the pass to it is as high as the lower of the two
+   hills (``NECK``: no neck and no edge at all, e.g. the far end of one long body); otherwise it is cut
+   off (bench/selection.py measured cutting as the better default for touching look-alikes). A body a
+   negative point marks is always cut off.
 """
 from __future__ import annotations
 
@@ -35,12 +31,9 @@ Cell = tuple[int, int]
 
 ALIKE = 0.75  # a hill at least this x the clicked body's height may be another body
 APART = 1.6  # ... when at least this x that height away from the click
-FAR = 2.3  # thick parts farther than this x the clicked body's thickness from every click are another body
-FAR_THICK = 0.6  # ... when at least this x that thickness (thin parts: legs, a tail, never are)
+NECK = 1.0  # a pass as high as the lower hill (a plateau: one long body) joins the two
 EDGE_WEIGHT = 1.0  # how much an image edge lowers the landscape (0 = shape alone)
-# A click's disc reaches at most this x the distance to the nearest other body's marker (0.45 -> 0.6
-# raised touching look-alikes 0.817/0.811 -> 0.827/0.817, seeds 0/1; 0.55 and 0.65 within 0.003).
-DISC_GAP = 0.6
+DISC_GAP = 0.45  # a click's disc reaches at most this x the distance to the nearest other body's marker
 
 
 def edge_strength(lab: torch.Tensor, region: np.ndarray) -> np.ndarray:
@@ -143,18 +136,31 @@ def flood(region: np.ndarray, land: np.ndarray, markers: np.ndarray, levels: int
     return lab
 
 
-def _far_parts(region: np.ndarray, pos: list[Cell]) -> np.ndarray:
-    """[h, w] bool: the thick parts of ``region`` too far from every click in ``pos`` to be the clicked
-    body. Measured on the shape alone (thickness without the edge term): texture edges inside a body
-    lower the landscape, and a body's reach measured by that lower height cut the far end off long
-    single bodies (bench/selection.py, textured family)."""
-    thick = _landscape(region, None)
-    height = max(float(thick[_top(thick, p)]) for p in pos)
-    rr, cc = np.ogrid[0:region.shape[0], 0:region.shape[1]]
-    near = np.zeros(region.shape, bool)
-    for r, c in pos:
-        near |= (rr - r) ** 2 + (cc - c) ** 2 <= (FAR * height) ** 2
-    return ~near & (thick >= FAR_THICK * height) & region
+def _passes(basins: np.ndarray, land: np.ndarray, k: int) -> np.ndarray:
+    """[k, k] height of the highest pass between every two touching basins (0 where they do not touch)."""
+    neck = np.zeros((k, k))
+    for a, b, la, lb in ((basins[:, :-1], basins[:, 1:], land[:, :-1], land[:, 1:]),
+                         (basins[:-1], basins[1:], land[:-1], land[1:])):
+        sel = (a != b) & (a > 0) & (b > 0)
+        np.maximum.at(neck, (a[sel], b[sel]), np.minimum(la[sel], lb[sel]))
+    return np.maximum(neck, neck.T)
+
+
+def _join(kinds: list[str], neck: np.ndarray, peak: np.ndarray, ratio: float) -> set[int]:
+    """Labels on the clicked side: grow it over passes at least ``ratio`` x the lower hill, highest first."""
+    side = {i + 1 for i, k in enumerate(kinds) if k == "pos"}
+    closed = {i + 1 for i, k in enumerate(kinds) if k == "neg"}
+    while True:
+        best, pick = ratio, None
+        for j in range(1, len(kinds) + 1):
+            if j in side or j in closed:
+                continue
+            for i in side:
+                if neck[i, j] > 0 and neck[i, j] / max(min(peak[i], peak[j]), 1e-6) >= best:
+                    best, pick = neck[i, j] / max(min(peak[i], peak[j]), 1e-6), j
+        if pick is None:
+            return side
+        side.add(pick)
 
 
 def split_lookalikes(region: np.ndarray, pos: list[Cell], neg: list[Cell], auto: bool = True,
@@ -174,8 +180,7 @@ def split_lookalikes(region: np.ndarray, pos: list[Cell], neg: list[Cell], auto:
         return np.zeros_like(region)
     land = _landscape(keep, None if lab is None else edge_strength(lab[:, :, crop[0], crop[1]], keep))
     others = _other_bodies(land, [_top(land, p) for p in pos]) if auto else []
-    far = _far_parts(keep, pos) if auto else np.zeros(keep.shape, bool)
-    if not neg and not others and not far.any():
+    if not neg and not others:
         return region
     summits = _summits(land, pos, others + neg)
     cells = others + summits + pos + neg
@@ -185,9 +190,10 @@ def split_lookalikes(region: np.ndarray, pos: list[Cell], neg: list[Cell], auto:
         markers[r, c] = i + 1  # later wins: a click beats a found body, a negative point on a positive cancels it
     kinds = [k if markers[cell] == i + 1 else "gone" for i, (k, cell) in enumerate(zip(kinds, cells))]
     _click_discs(markers, land, cells, kinds)
-    markers[far & (markers == 0)] = len(kinds) + 1  # one more marker: the far parts
     basins = flood(keep, land, markers)
-    side = [i + 1 for i, k in enumerate(kinds) if k == "pos"]
+    k = len(kinds) + 1
+    peak = np.asarray(ndimage.maximum(land, basins, index=np.arange(k)), dtype=float)
+    side = _join(kinds, _passes(basins, land, k), peak, NECK)
     out = np.zeros_like(region)
-    out[crop] = keep & np.isin(basins, side)
+    out[crop] = keep & np.isin(basins, list(side))
     return out
