@@ -302,6 +302,7 @@ async function runMode(context, mode) {
     u.n0 = countOf(await value());
     u.n1 = await clickAt(0.5);
     await clickEmpty();
+    await page.waitForTimeout(300);
     await page.keyboard.press("Control+z");
     u.undone = await waitCount(u.n0);
     await page.waitForTimeout(500);
@@ -309,8 +310,12 @@ async function runMode(context, mode) {
     await shot("after_undo");
     u.n2 = await clickAt(0.25);
     await clickEmpty();
+    // The frontend's change tracker records a state after the input settles; a key pressed before that
+    // undoes or redoes the wrong state (seen once in CI under load), so each key waits for it.
+    await page.waitForTimeout(300);
     await page.keyboard.press("Control+z"); // back to n0
     await waitCount(u.n0);
+    await page.waitForTimeout(300);
     await page.keyboard.press("Control+y"); // redo: n0 + 1 again
     u.redone = await waitCount(u.n0 + 1);
     await page.waitForTimeout(500);
