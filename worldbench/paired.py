@@ -32,17 +32,19 @@ def paired_difference(per_case: list[dict], variant: str, base: str = "plain", m
 
 
 def paired_table(res: dict, base: str = "plain", metrics: tuple[str, ...] = ("clicked", "leak")) -> str:
-    """Markdown: every other variant's paired difference to ``base`` per metric (empty when ``base`` is absent)."""
+    """Markdown: every other variant's paired difference to ``base`` per metric (empty when ``base`` is absent);
+    differences to plain already in ``res["paired"]`` (a bench run's) are used as they are."""
     per_case = res.get("per_case") or []
     names = [n for n in res["variants"] if n != base]
     if per_case_means(per_case, base, metrics[0]) is None or not names:
         return ""
     lines = [f"| variant | " + " | ".join(f"{m} - {base} (paired)" for m in metrics) + " |",
              "|---" * (len(metrics) + 1) + "|"]
+    done = res.get("paired", {}) if base == "plain" else {}  # the bench's own run computed these already
     for name in names:
         cells = []
         for m in metrics:
-            p = paired_difference(per_case, name, base, m)
+            p = done[name][m] if m in done.get(name, {}) else paired_difference(per_case, name, base, m)
             cells.append("na" if p is None else f"{p['diff']:+.2f} [{p['ci95'][0]:+.2f}, {p['ci95'][1]:+.2f}]")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
