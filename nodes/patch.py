@@ -273,7 +273,8 @@ class P3SPatch:
         tokens, valid = entry
         adapter = self._adapter_for(n)
         query = functools.partial(adapter.read_query, key) if adapter is not None and adapter.has_read(key) else None
-        appended = injection.Appended(context.shape[1], run.rows, valid, run.weight, query)
+        gain = adapter.read_log_gain(key) if adapter is not None else None
+        appended = injection.Appended(context.shape[1], run.rows, valid, run.weight, query, gain)
         segments.add(AppendedSegment(key, n.shape[1], appended))
         rows = run.rows.to(n.device)
         return n, injection.append_tokens(context, tokens, rows), injection.append_tokens(value, tokens, rows)

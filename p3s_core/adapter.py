@@ -12,7 +12,12 @@ ours and kept small and easy to change):
   reference. Only the subject part of the read uses it (the image's own keys keep the plain query), so
   weight 0 stays plain sampling exactly. The deltas on the reference side alone can shape the subject
   tokens' keys and values but not which image tokens look at them; measured on the world benchmark
-  (docs/worldbench.md), they did not lower the denoising loss below plain sampling at any noise level.
+  (docs/worldbench.md), they did not lower the denoising loss below plain sampling at any noise level;
+- optionally (``read_gain``), per transformer block a learned log-gain added to the subject tokens'
+  attention bias (``read_log_gain``): the strength that P3S Apply's weight sets by hand, learned per layer
+  and multiplied with the weight (zero-initialised: a fresh gain is weight x 1). On the world benchmark an
+  adapter sampled at weight 3 (the node's maximum) transferred more than at 1 or 2, so training was
+  leaving strength unused.
 
 The architecture record, the file metadata and the compatibility check are ``p3s_core.adapter_spec``
 (re-exported here); this module holds the torch modules and reads and writes the files.
@@ -127,6 +132,9 @@ class P3SAdapter(nn.Module):
         self._reads = _nested_deltas(self.read, spec.layers, spec.read_rank, spec.read_rank) if spec.read_rank else {}
         self.proj = SubjectResampler(spec.clip_width, spec.ctx_dim, spec.num_queries)
         self.gate = nn.Parameter(torch.zeros(()))
+        if spec.read_gain:  # one log-gain per layer, in spec.layers order (absent: the file has no such tensor)
+            self.read_gain = nn.Parameter(torch.zeros(len(spec.layers)))
+            self._gain_index = {k: i for i, (k, _) in enumerate(spec.layers)}
 
     @property
     def layer_keys(self) -> list[str]:
@@ -159,6 +167,12 @@ class P3SAdapter(nn.Module):
             raise ValueError(f"P3S: adapter {self.source!r} read layer {layer_key!r} expects width "
                              f"{delta.down.in_features}, got {q.shape[-1]}: the adapter does not match this MODEL")
         return q + delta(q.to(delta.down.weight.dtype)).to(q.dtype)
+
+    def read_log_gain(self, layer_key: str) -> torch.Tensor | None:
+        """The learned log-gain [] of this layer's subject read (None: the adapter has none)."""
+        if not self.spec.read_gain or layer_key not in self._gain_index:
+            return None
+        return self.read_gain[self._gain_index[layer_key]]
 
     def reference_context(self, text_ctx: torch.Tensor, subject_tokens: torch.Tensor,
                           valid: torch.Tensor | None = None) -> torch.Tensor:

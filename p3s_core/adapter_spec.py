@@ -18,7 +18,7 @@ FAMILIES = {"sd15": "SD1.5", "sdxl": "SDXL"}
 # Known CLIP-vision token widths, only to make mismatch messages readable.
 CLIP_WIDTH_NAMES = {768: "ViT-B", 1024: "ViT-L", 1280: "ViT-H", 1664: "ViT-bigG"}
 RESERVED_METADATA = ("format", "format_version", "family", "rank", "alpha", "clip_width",
-                     "ctx_dim", "num_queries", "layers", "read_rank")
+                     "ctx_dim", "num_queries", "layers", "read_rank", "read_gain")
 # Upper bounds on what a file header may declare (ours). A shared workflow's adapter is untrusted input:
 # the loader checks the header against these, and the tensor shapes against the header, before it
 # allocates anything. Each bound is several times what SD1.5 / SDXL adapters use (SDXL: 70 layers of
@@ -38,6 +38,14 @@ def _number(meta: Mapping[str, str], key: str, kind: type) -> int | float:
     if len(text) > 32:
         raise ValueError(f"{key} is {len(text)} characters long, not a number")
     return kind(text)
+
+
+def _flag(meta: Mapping[str, str], key: str) -> bool:
+    """A 0/1 header value (absent: 0)."""
+    text = str(meta.get(key, "0")).strip()
+    if text not in ("0", "1"):
+        raise ValueError(f"{key} is {text[:32]!r}, expected 0 or 1")
+    return text == "1"
 
 
 def family_name(family: str) -> str:
@@ -63,9 +71,12 @@ class AdapterSpec:
     version: int = FORMAT_VERSION
     # rank of the read deltas (the denoising pass's queries on subject tokens); 0: none (files before them)
     read_rank: int = 0
+    # a learned log-gain per layer on the subject tokens' attention share (``read_gain`` tensor); False: none
+    read_gain: bool = False
 
     def __post_init__(self) -> None:
         self.layers = [(str(k), int(d)) for k, d in self.layers]
+        self.read_gain = bool(self.read_gain)
         self.validate()
 
     def validate(self, source: str = "adapter spec") -> None:
@@ -110,7 +121,8 @@ class AdapterSpec:
         deltas = sum(2 * dim * (int(self.rank) + int(self.read_rank)) for _, dim in self.layers)
         # queries, in_norm, in_proj, q_norm, to_q/k/v, to_out, out_norm, out_proj (p3s_core/adapter.py)
         resampler = q * d + 2 * c + (c * d + d) + 2 * d + 3 * d * d + (d * d + d) + 2 * d + (d * d + d)
-        return deltas + resampler + 1  # + the gate
+        gains = len(self.layers) if self.read_gain else 0
+        return deltas + gains + resampler + 1  # + the gate
 
     def to_metadata(self) -> dict[str, str]:
         """The safetensors metadata (all strings) that describes this spec."""
@@ -123,6 +135,8 @@ class AdapterSpec:
         }
         if self.read_rank:  # absent = 0, so adapters without read deltas keep their exact header
             meta["read_rank"] = str(int(self.read_rank))
+        if self.read_gain:  # absent = none, likewise
+            meta["read_gain"] = "1"
         return meta
 
     @classmethod
@@ -148,7 +162,8 @@ class AdapterSpec:
                        clip_width=_number(meta, "clip_width", int), ctx_dim=_number(meta, "ctx_dim", int),
                        layers=[(k, d) for k, d in json.loads(meta["layers"])],
                        num_queries=_number({"num_queries": "77", **meta}, "num_queries", int), version=int(version),
-                       read_rank=_number({"read_rank": "0", **meta}, "read_rank", int))
+                       read_rank=_number({"read_rank": "0", **meta}, "read_rank", int),
+                       read_gain=_flag(meta, "read_gain"))
         except (ValueError, OverflowError, RecursionError) as exc:
             if str(exc).startswith("P3S:"):
                 raise ValueError(f"{exc} (in {source}; the file is corrupt, re-download or "

@@ -131,6 +131,8 @@ class Appended(NamedTuple):
     with ``valid[rows[b]]`` exist (the rest is padding); every one carries the bias log(``weight``).
     ``query`` (an adapter's read delta, or None): maps the call's queries [B, T, inner] to the queries
     that read these tokens; the image's own keys are always read with the plain queries.
+    ``gain`` (an adapter's learned log-gain [], or None): added to that bias, with its gradient on the
+    split read (the trainer's path); the masked fallback takes its value only.
     """
 
     offset: int
@@ -138,9 +140,16 @@ class Appended(NamedTuple):
     valid: torch.Tensor   # [R, N] bool
     weight: float
     query: Callable[[torch.Tensor], torch.Tensor] | None = None
+    gain: torch.Tensor | None = None
+
+    @property
+    def own_read(self) -> bool:
+        """True when the part needs a read of its own (a query map or a gain tensor)."""
+        return self.query is not None or self.gain is not None
 
     def bias(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return reference_bias(self.valid, self.rows, self.weight, dtype)
+        weight = self.weight if self.gain is None else self.weight * math.exp(float(self.gain))
+        return reference_bias(self.valid, self.rows, weight, dtype)
 
 
 def _tail_layout(parts: Sequence[Appended], keys: int) -> int | None:
@@ -217,8 +226,10 @@ def _split_read(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, p
             got = attend(_heads(qp[at], heads), _heads(kr, heads), _heads(vr, heads), scale)
             if got is None:
                 return None
-            merged, merged_lse = lse_attention.merge(out[at], lse[at], got[0].transpose(1, 2),
-                                                     got[1].transpose(1, 2) + math.log(part.weight))
+            part_lse = got[1].transpose(1, 2) + math.log(part.weight)
+            if part.gain is not None:
+                part_lse = part_lse + part.gain.to(device=part_lse.device, dtype=part_lse.dtype)
+            merged, merged_lse = lse_attention.merge(out[at], lse[at], got[0].transpose(1, 2), part_lse)
             if torch.is_grad_enabled() and (merged.requires_grad or out.requires_grad):
                 out, lse = out.clone(), lse.clone()  # the trainer's path: no in-place writes on the graph
             out[at], lse[at] = merged.to(out.dtype), merged_lse
@@ -245,7 +256,7 @@ def subject_read(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
     out = fused_subject_read(q, k, v, heads, parts)
     if out is not None:
         return out
-    if any(p.query is not None for p in parts):
+    if any(p.own_read for p in parts):
         out = _split_read(q, k, v, heads, parts, lse_attention.math_attention)
         if out is not None:
             return out.to(q.dtype)

@@ -4,6 +4,7 @@ resume, and refusals (tiny models, CPU).
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import io
 import json
@@ -164,6 +165,32 @@ def test_read_deltas_change_the_image_and_weight_zero_stays_plain(env):
     assert torch.equal(_sample(e, zero), _sample(e, e.m))
 
 
+def test_a_learned_read_gain_multiplies_the_weight_in_the_sampler(env):
+    """An adapter whose read gain is log 2 at weight 1.5 samples the image the same adapter without gain gives
+    at weight 3; gain 0 changes nothing; weight 0 stays plain sampling whatever the gain."""
+    e = _host_models(env)
+    with_gain = e.adapter_mod.P3SAdapter(dataclasses.replace(_spec(e), read_gain=True))
+    without = e.adapter_mod.P3SAdapter(_spec(e))
+    without.load_state_dict({k: v for k, v in with_gain.state_dict().items() if k != "read_gain"})
+    Apply, _ = _nodes(e)
+
+    def sample(adapter, weight):
+        with torch.inference_mode():
+            m = Apply.execute(e.m, e.vae, e.image[None], weight, 0.0, 1.0, mask=e.masks[:1].float(), clip_vision=e.cv,
+                              adapter=adapter).result[0]
+        return _sample(e, m)
+
+    assert torch.equal(sample(with_gain, 1.5), sample(without, 1.5))  # a fresh gain is 0: weight x 1
+    with torch.no_grad():
+        with_gain.read_gain.fill_(math.log(2.0))
+    gained, strong = sample(with_gain, 1.5), sample(without, 3.0)
+    # the same numbers summed in another order (log 1.5 + log 2 vs log 3), through 3 sampling steps
+    scale = strong.abs().max().item()
+    assert (gained - strong).abs().max().item() <= 1e-3 * scale
+    assert (gained - sample(without, 1.5)).abs().max().item() > 2e-2 * scale, (gained - sample(without, 1.5)).abs().max().item() / scale
+    assert torch.equal(sample(with_gain, 0.0), _sample(e, e.m))
+
+
 # ---- (b) training lowers the loss; the file works in a real server --------------------------------------
 def test_training_lowers_the_loss_and_writes_adapter_and_curve(env):
     cfg, res = _run(env, "off", checkpoint_every=25)
@@ -318,12 +345,15 @@ def test_paired_references_train_on_the_tiny_model(env):
         # the subject-only reference is cut out of the reference photo, not out of the target
         assert torch.allclose(ref.subject[inside], sample.reference.image[inside])
         assert not torch.allclose(ref.subject[inside], sample.image[inside])
-    cfg = _config(env, steps=4, checkpoint_every=0)
+    cfg = _config(env, steps=4, checkpoint_every=0, read_gain=1)
     out = env.tmp / "pairs" / "pairs.safetensors"
     res = env.training.train(env.backend, dataset, cfg, out, progress=False)
     assert [h["step"] for h in res.history] == [1, 2, 3, 4]
     assert all(math.isfinite(h["loss"]) for h in res.history)
-    assert env.adapter_mod.read_adapter_header(out).family == "sd15"
+    spec = env.adapter_mod.read_adapter_header(out)
+    assert spec.family == "sd15" and spec.read_gain  # --read-gain 1: the gains are trained and saved
+    gains = env.adapter_mod.load_adapter(out).read_gain.detach()
+    assert gains.shape == (len(spec.layers),) and gains.abs().max().item() > 0
 
 
 # ---- (e) refusals ----------------------------------------------------------------------------------------

@@ -443,9 +443,11 @@ def test_adapter_file_names_hold_every_setting():
               adapter_file_name(100, 1200, 4, 8, 8, "v", "cached", 5e-3, 600),
               adapter_file_name(100, 1200, 4, 8, 8, "v", "per_step", 1e-3, 600),
               adapter_file_name(100, 1200, 4, 8, 0, "eps", "cached", 1e-3, 600),
-              adapter_file_name(100, 2400, 4, 16, 8, "v", "cached", 1e-3, 2400)}
-    assert base not in others and len(others) == 5
+              adapter_file_name(100, 2400, 4, 16, 8, "v", "cached", 1e-3, 2400),
+              adapter_file_name(100, 1200, 4, 8, 8, "v", "cached", 1e-3, 600, read_gain=True)}
+    assert base not in others and len(others) == 6
     assert "_lr0.005_" in adapter_file_name(100, 1200, 4, 8, 8, "v", "cached", 5e-3, 600)
+    assert adapter_file_name(100, 1200, 4, 8, 8, "v", "cached", 1e-3, 600, read_gain=True).endswith("_cached_g_n600.safetensors")
 
 
 def test_noise_levels_diagnostic_rows(quick_world, tmp_path):

@@ -27,6 +27,8 @@ from .loss_curve import write_loss_curve
 
 log = logging.getLogger("P3S")
 
+GAIN_LR_SCALE = 10.0  # the read gain's learning rate over --lr (see _Stepper)
+
 
 @dataclass
 class ForwardOutput:
@@ -79,7 +81,7 @@ def make_adapter(backend, config: TrainConfig) -> P3SAdapter:
         spec = AdapterSpec(family=backend.family, rank=config.rank,
                            alpha=float(config.alpha if config.alpha is not None else config.rank),
                            clip_width=backend.clip_width, ctx_dim=backend.ctx_dim, layers=backend.layers,
-                           read_rank=int(config.read_rank))
+                           read_rank=int(config.read_rank), read_gain=bool(int(config.read_gain)))
         adapter = P3SAdapter(spec)
     return adapter.to(device=backend.device, dtype=torch.float32)
 
@@ -106,8 +108,14 @@ class _Stepper:
 
     def __init__(self, adapter: P3SAdapter, config: TrainConfig, device: torch.device, dist: DistContext):
         self.adapter, self.config, self.dist = adapter, config, dist
-        self.params = [p for p in adapter.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        named = [(n, p) for n, p in adapter.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in named]
+        # the read gain (a few numbers) at the deltas' lr could move at most lr per step: 10x lets 1000
+        # steps reach any weight up to e^10; one group only when there is no gain, as before (resume)
+        groups = [{"params": [p for n, p in named if n != "read_gain"]}]
+        if any(n == "read_gain" for n, _ in named):
+            groups.append({"params": [adapter.read_gain], "lr": config.lr * GAIN_LR_SCALE, "weight_decay": 0.0})
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
         use_scaler = config.precision == "fp16" and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=True) if use_scaler else None
 

@@ -109,3 +109,51 @@ def test_adapter_read_deltas_start_at_identity_round_trip_and_old_headers_load(t
     assert load_adapter(tmp_path / "old.safetensors").spec.read_rank == 0
     with pytest.raises(ValueError, match="read_rank must be in 0..1024"):
         AdapterSpec(family="sd15", rank=4, alpha=4.0, clip_width=48, ctx_dim=40, layers=LAYERS, read_rank=-1)
+
+
+# ---- a learned read gain: a log-gain on the subject tokens' bias, i.e. a per-layer multiplier of the weight ----
+@pytest.mark.parametrize("query", [None, _shift])
+def test_a_read_gain_of_log_g_is_weight_times_g_on_every_path(query):
+    q, k, v, valid, rows = _case(2, 24, 2, 8, 2, [7, 4], [0, 1], seed=4)
+    gain = torch.tensor(math.log(2.5))
+    want = _by_hand(q, query(q) if query else q, k, v, 2, 24, valid, rows, 0.8 * 2.5)
+    part = injection.Appended(24, rows, valid, 0.8, query, gain)
+    assert part.own_read
+    for got in (injection.fused_subject_read(q, k, v, 2, [part]), injection.subject_read(q, k, v, 2, [part]),
+                injection._split_read(q, k, v, 2, [part], lse_attention.math_attention)):
+        assert got is not None and (got - want).abs().max().item() <= 1e-4
+    if query is None:  # the masked fallback (and other packs' replaces, via bias()) take the gain's value
+        offset, bias = injection.merged_bias([part], k.shape[1])
+        assert (injection.biased_attention(q, k, v, 2, offset, bias) - want).abs().max().item() <= 1e-4
+    plain = injection.subject_read(q, k, v, 2, [injection.Appended(24, rows, valid, 0.8, query)])
+    assert (plain - want).abs().max().item() > 1e-3
+
+
+def test_a_read_gain_gets_gradients_and_weight_zero_reads_nothing():
+    q, k, v, valid, rows = _case(2, 16, 2, 8, 1, [5], [0, -1])
+    gain = torch.zeros((), requires_grad=True)
+    out = injection.subject_read(q, k, v, 2, [injection.Appended(16, rows, valid, 1.0, None, gain)])
+    out.square().sum().backward()
+    assert gain.grad is not None and gain.grad.abs().item() > 0
+    off = injection.subject_read(q, k, v, 2, [injection.Appended(16, rows, valid, 0.0, None, torch.tensor(3.0))])
+    own = _by_hand(q, q, k, v, 2, 16, valid, torch.tensor([-1, -1]), 1.0)
+    assert (off - own).abs().max().item() <= 1e-4
+
+
+def test_adapter_read_gain_starts_at_zero_round_trips_and_is_absent_from_old_headers(tmp_path):
+    spec = AdapterSpec(family="sd15", rank=4, alpha=4.0, clip_width=48, ctx_dim=40, layers=LAYERS, read_gain=True)
+    a = P3SAdapter(spec)
+    assert a.read_log_gain("middle.0.0").item() == 0.0 and a.read_log_gain("output.1.0") is None
+    assert sum(p.numel() for p in a.parameters()) == spec.parameter_count()
+    assert spec.to_metadata()["read_gain"] == "1"
+    with torch.no_grad():
+        a.read_gain.copy_(torch.tensor([0.5, -0.25]))
+    save_adapter(a, tmp_path / "gain.safetensors")
+    b = load_adapter(tmp_path / "gain.safetensors")
+    assert b.spec.read_gain and b.read_log_gain("input.1.0").item() == 0.5 and b.read_log_gain("middle.0.0").item() == -0.25
+    old = P3SAdapter(AdapterSpec(family="sd15", rank=4, alpha=4.0, clip_width=48, ctx_dim=40, layers=LAYERS))
+    assert "read_gain" not in old.spec.to_metadata() and old.read_log_gain("input.1.0") is None
+    assert "read_gain" not in old.state_dict()
+    meta = {**spec.to_metadata(), "read_gain": "yes"}
+    with pytest.raises(ValueError, match="unreadable P3S metadata .*read_gain is 'yes', expected 0 or 1"):
+        AdapterSpec.from_metadata(meta, "bad.safetensors")
