@@ -293,6 +293,12 @@ def test_bench_variants_and_api_prompts():
     assert bench.DEFAULT_VARIANT == pack_default  # the benchmark's default is the pack's
     moded = {v.name: v for v in bench.variants({"adapter": "a.safetensors"}, modes={"adapter": "cached"})}
     assert moded["adapter"].mode == "cached"
+    # --start-percent / --end-percent reach P3S Apply in every P3S variant (defaults: the whole run)
+    assert (g["cached"]["12"]["inputs"]["start_percent"], g["cached"]["12"]["inputs"]["end_percent"]) == (0.0, 1.0)
+    late = {v.name: v for v in bench.variants({"adapter": "a.safetensors"}, 2.0, window=(0.2, 0.7))}
+    for name in ("cached", "noselect", "sampler_cosine", "adapter"):
+        inputs = bench.api_prompt(late[name], case, "ref.png", "w.safetensors", "cv.safetensors", 7, 3)["12"]["inputs"]
+        assert (inputs["weight"], inputs["start_percent"], inputs["end_percent"]) == (2.0, 0.2, 0.7)
 
 
 def test_bench_last_line_and_table():
