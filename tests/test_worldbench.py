@@ -273,6 +273,11 @@ def test_bench_variants_and_api_prompts():
     case = world.test_case("val", 2)
     g = {n: bench.api_prompt(v, case, "ref.png", "world.safetensors", "cv.safetensors", 7, 3) for n, v in vs.items()}
     assert not any(n["class_type"].startswith("P3S") for n in g["plain"].values())
+    # named: plain sampling with the clicked identity written into the prompt (and the prompted scene kept)
+    assert not any(n["class_type"].startswith("P3S") for n in g["named"].values())
+    named = g["named"]["2"]["inputs"]["text"]
+    assert named.startswith(case.identity.describe() + " ") and named.endswith(world.SCENE_PHRASES[case.prompt_scene])
+    assert case.identity.colour in named and named != case.prompt
     assert g["plain"]["4"]["inputs"]["batch_size"] == 3 and g["plain"]["2"]["inputs"]["text"] == case.prompt
     pts = json.loads(g["per_step"]["11"]["inputs"]["points"])
     assert pts["positive"] == [{"x": case.click[0], "y": case.click[1]}] and g["per_step"]["5"]["inputs"]["model"] == \

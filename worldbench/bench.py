@@ -49,6 +49,7 @@ REGISTRAR = Path(__file__).resolve().parent / "world_registrar"
 PRESETS = ("constant", "ramp_up", "ramp_down", "cosine", "step")  # p3s_core.schedule.PRESETS (checked in tests)
 METRICS = ("clicked", "leak", "prompt", "ref_scene", "clicked_full", "leak_full", "class", "found")
 PICK_FILE = "bench_val_pick.json"
+NOT_TRAINING_FREE = ("plain", "named", "noselect")  # never picked as the best training-free P3S mode
 DEFAULT_VARIANT = "cached"  # P3S Apply's default reference_mode with KSampler (nodes/patch.py DEFAULT_MODE)
 
 
@@ -64,6 +65,7 @@ class Variant:
     adapter: str | None = None  # adapter file name in models/p3s (with the world CLIP vision)
     training_free: bool = True
     apply: dict = field(default_factory=dict)  # more P3S Apply inputs (weight, ...)
+    named: bool = False  # the prompt names the clicked identity ('a red spotted dog with a green collar ...')
 
 
 def adapter_mode(path: Path) -> str:
@@ -81,7 +83,10 @@ def variants(adapters: dict[str, str] | None = None, weight: float = 1.0,
     name -> the reference_mode it samples with, default per_step). ``weight`` and ``window`` (P3S Apply's
     start_percent, end_percent) go to every P3S variant."""
     w = {"weight": weight, "start_percent": float(window[0]), "end_percent": float(window[1])}
-    out = [Variant("plain", p3s=False), Variant("noselect", full_mask=True, apply=w),
+    # named: no P3S, the clicked identity written into the prompt (what a user without P3S would try; the
+    # world model's own colour control, the yardstick for what any identity transfer can show here)
+    out = [Variant("plain", p3s=False), Variant("named", p3s=False, named=True),
+           Variant("noselect", full_mask=True, apply=w),
            Variant("per_step", apply=w), Variant("cached", mode="cached", apply=w),
            Variant("uncond_on", uncond=True, mode=DEFAULT_VARIANT, apply=w)]
     # the presets and uncond on, over P3S Apply's default mode: what a user gets by changing only that setting
@@ -99,6 +104,11 @@ def points_json(case: world.Case) -> str:
     return json.dumps({"width": w, "height": h, "positive": [{"x": x, "y": y}], "negative": []})
 
 
+def named_prompt(case: world.Case) -> str:
+    """The case's prompt with the clicked identity named: 'a red spotted dog with a green collar on a beach'."""
+    return f"{case.identity.describe()} {world.SCENE_PHRASES[case.prompt_scene]}"
+
+
 def api_prompt(v: Variant, case: world.Case, image_name: str, ckpt: str, clip_vision: str, seed: int,
                batch: int, steps: int = 20, cfg: float = 6.0, prefix: str = "bench") -> dict:
     """The ComfyUI API prompt of variant ``v`` on ``case`` (what a user's graph queues)."""
@@ -108,7 +118,8 @@ def api_prompt(v: Variant, case: world.Case, image_name: str, ckpt: str, clip_vi
               "model": ["1", 0]}
     g = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": case.prompt, "clip": ["1", 1]}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": named_prompt(case) if v.named else case.prompt,
+                                                         "clip": ["1", 1]}},
         "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
         "4": {"class_type": "EmptyLatentImage", "inputs": {"width": side, "height": side, "batch_size": batch}},
         "5": {"class_type": "KSampler", "inputs": sample},
@@ -343,7 +354,7 @@ def run_bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", ste
 def best_training_free(res: dict, cfg: WorldConfig) -> tuple[str, str]:
     """(variant, why): on ``val`` the best-scoring training-free variant (written to the cache); on any other
     split the pick of an earlier ``val`` run, or the pack's default (cached with KSampler) if none."""
-    tf = [n for n in res["variants"] if n not in ("plain", "noselect") and not n.startswith("adapter")]
+    tf = [n for n in res["variants"] if n not in NOT_TRAINING_FREE and not n.startswith("adapter")]
     pick_path = files(cfg).dir / PICK_FILE
     if not tf:  # e.g. --variants adapter: there is nothing to name, and plain is not a P3S mode
         return "none", "no training-free variant in this run (--variants)"
