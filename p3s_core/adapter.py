@@ -165,6 +165,11 @@ class P3SAdapter(nn.Module):
         w = delta.down.weight
         return n + (delta(n.to(w.dtype)) * scale).to(n.dtype)
 
+    def _check_width(self, kind: str, layer_key: str, want: int, got: int) -> None:
+        if got != want:
+            raise ValueError(f"P3S: adapter {self.source!r} {kind} {layer_key!r} expects width {want}, got {got}: "
+                             "the adapter does not match this MODEL")
+
     def has_read(self, layer_key: str) -> bool:
         return layer_key in self._reads
 
@@ -173,9 +178,7 @@ class P3SAdapter(nn.Module):
         delta = self._reads.get(layer_key)
         if delta is None:
             return q
-        if q.shape[-1] != delta.down.in_features:
-            raise ValueError(f"P3S: adapter {self.source!r} read layer {layer_key!r} expects width "
-                             f"{delta.down.in_features}, got {q.shape[-1]}: the adapter does not match this MODEL")
+        self._check_width("read layer", layer_key, delta.down.in_features, q.shape[-1])
         return q + delta(q.to(delta.down.weight.dtype)).to(q.dtype)
 
     def read_log_gain(self, layer_key: str) -> torch.Tensor | None:
@@ -203,9 +206,7 @@ class P3SAdapter(nn.Module):
         module = self._xattn.get(layer_key)
         if module is None:
             return None
-        if n.shape[-1] != module.to_q.in_features:
-            raise ValueError(f"P3S: adapter {self.source!r} subject layer {layer_key!r} expects width "
-                             f"{module.to_q.in_features}, got {n.shape[-1]}: the adapter does not match this MODEL")
+        self._check_width("subject layer", layer_key, module.to_q.in_features, n.shape[-1])
         return subject_attention.read(module, n, ctx, rows, weight)
 
     def reference_context(self, text_ctx: torch.Tensor, subject_tokens: torch.Tensor,
