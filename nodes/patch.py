@@ -32,6 +32,7 @@ from ..p3s_core import injection
 from ..p3s_core.reference_scale import ReferenceLevels
 from ..p3s_core.schedule import SigmaSchedule, WeightSchedule
 from .attention import SEGMENTS_KEY, AppendedSegment, begin_read
+from .subject_read import SubjectReadIn, SubjectReadOut
 
 log = logging.getLogger("P3S")
 
@@ -59,6 +60,7 @@ class P3SRun:
         self.level_for: tuple | None = None
         self.weight = 0.0                 # the current model call's weight and reference rows
         self.rows: torch.Tensor | None = None
+        self.subject_ctx: torch.Tensor | None = None  # the adapter's subject context (subject cross-attention)
 
     def reference_noise(self, like: torch.Tensor) -> torch.Tensor:
         """The reference latent's noise for this sampling (drawn on the CPU from the seed: reproducible)."""
@@ -77,7 +79,7 @@ class P3SRun:
     def clear(self) -> None:
         self.bank.clear()
         self.keep.clear()
-        self.noise = self.rows = self.bank_sigma = self.level = self.level_for = None
+        self.noise = self.rows = self.bank_sigma = self.level = self.level_for = self.subject_ctx = None
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
@@ -103,6 +105,9 @@ class P3SPatch:
         self.adapter = adapter         # the same, or its copy on the device the MODEL runs on (see ``to``)
         self.subject_tokens = subject_tokens  # [R, N, clip_width] masked CLIP tokens (adapter mode)
         self.subject_valid = subject_valid
+        # an adapter with a subject cross-attention also patches attn2 (nodes/subject_read.py)
+        self.attn2 = (SubjectReadIn(self), SubjectReadOut(self)) \
+            if adapter is not None and getattr(adapter.spec, "subject_attn", 0) else None
 
     def __deepcopy__(self, memo):
         # Shared, not copied, by ModelPatcher.clone() (which deep-copies model_options): this object is the
@@ -115,6 +120,9 @@ class P3SPatch:
     # ---- installation and discovery --------------------------------------------------------------
     def install(self, model) -> None:
         model.set_model_attn1_patch(self)
+        if self.attn2 is not None:
+            model.set_model_attn2_patch(self.attn2[0])
+            model.set_model_attn2_output_patch(self.attn2[1])
         model.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, self.id, self.apply_model_wrapper)
         model.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, self.id, self.outer_sample_wrapper)
         model.set_attachments(ATTACHMENT, (*find_patches(model), self))
@@ -125,6 +133,9 @@ class P3SPatch:
         to = dict(transformer_options or {})
         patches = to.get("patches", {})
         to["patches"] = {**patches, "attn1_patch": [*patches.get("attn1_patch", []), self]}
+        if self.attn2 is not None:
+            to["patches"]["attn2_patch"] = [*patches.get("attn2_patch", []), self.attn2[0]]
+            to["patches"]["attn2_output_patch"] = [*patches.get("attn2_output_patch", []), self.attn2[1]]
         wrappers = to.get("wrappers", {})
         apply_model = {**wrappers.get(pe.WrappersMP.APPLY_MODEL, {}), self.id: [self.apply_model_wrapper]}
         to["wrappers"] = {**wrappers, pe.WrappersMP.APPLY_MODEL: apply_model}
@@ -248,6 +259,20 @@ class P3SPatch:
         if which == "write":
             return self._write(run, key, n, context, value, extra_options)
         return self._read(run, key, n, context, value, extra_options.get(SEGMENTS_KEY))
+
+    def subject_delta(self, n, extra_options):
+        """The attn2 subject read of a read pass (None elsewhere): the adapter's subject cross-attention with
+        the rows and weight the attn1 read uses (nodes/subject_read.py)."""
+        if extra_options.get(PASS_KEY, {}).get(self.id) != "read":
+            return None
+        run = extra_options[RUNS_KEY][self.id]
+        adapter = self._adapter_for(n)
+        key = injection.layer_key(extra_options["block"], extra_options.get("block_index", 0))
+        if adapter is None or run.rows is None or not adapter.has_subject_attn(key):
+            return None
+        if run.subject_ctx is None:  # once per sampling (per step in the trainer, whose runs last one call)
+            run.subject_ctx = adapter.subject_context(self.subject_tokens, self.subject_valid)
+        return adapter.subject_read(key, n, run.subject_ctx, run.rows, run.weight)
 
     def _write(self, run: P3SRun, key: str, n, context, value, extra_options):
         """Reference pass: bank this block's subject tokens (after the adapter's delta, if any)."""

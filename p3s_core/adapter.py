@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import subject_attention
 from .adapter_spec import (CLIP_WIDTH_NAMES, FAMILIES, FORMAT_NAME, FORMAT_VERSION, RESERVED_METADATA, AdapterSpec,
                            check_compatible, family_name, width_name)
 
@@ -102,10 +103,9 @@ class SubjectResampler(nn.Module):
         return self.out_proj(self.out_norm(out))
 
 
-def _nested_deltas(root: nn.ModuleDict, layers: Sequence[tuple[str, int]], rank: int, alpha: float
-                   ) -> dict[str, LowRankDelta]:
-    """One LowRankDelta per layer, at ``root[part][...][leaf]`` for the key 'part.….leaf'; key -> delta."""
-    deltas: dict[str, LowRankDelta] = {}
+def _nested(root: nn.ModuleDict, layers: Sequence[tuple[str, int]], make) -> dict[str, nn.Module]:
+    """One ``make(dim)`` per layer, at ``root[part][...][leaf]`` for the key 'part.….leaf'; key -> module."""
+    made: dict[str, nn.Module] = {}
     for key, dim in layers:
         node = root
         *parents, leaf = key.split(".")
@@ -113,8 +113,14 @@ def _nested_deltas(root: nn.ModuleDict, layers: Sequence[tuple[str, int]], rank:
             if part not in node:
                 node[part] = nn.ModuleDict()
             node = node[part]
-        node[leaf] = deltas.setdefault(key, LowRankDelta(dim, rank, alpha))
-    return deltas
+        node[leaf] = made.setdefault(key, make(dim))
+    return made
+
+
+def _nested_deltas(root: nn.ModuleDict, layers: Sequence[tuple[str, int]], rank: int, alpha: float
+                   ) -> dict[str, LowRankDelta]:
+    """One LowRankDelta per layer (see ``_nested``)."""
+    return _nested(root, layers, lambda dim: LowRankDelta(dim, rank, alpha))
 
 
 class P3SAdapter(nn.Module):
@@ -132,6 +138,10 @@ class P3SAdapter(nn.Module):
         self._reads = _nested_deltas(self.read, spec.layers, spec.read_rank, spec.read_rank) if spec.read_rank else {}
         self.proj = SubjectResampler(spec.clip_width, spec.ctx_dim, spec.num_queries)
         self.gate = nn.Parameter(torch.zeros(()))
+        # the subject cross-attention of the denoising pass, nested under ``xattn.`` (absent when 0)
+        self.xattn = nn.ModuleDict()
+        self._xattn = _nested(self.xattn, spec.layers, lambda dim: subject_attention.SubjectCrossAttention(
+            dim, spec.ctx_dim, spec.subject_attn)) if spec.subject_attn else {}
         if spec.read_gain:  # one log-gain per layer, in spec.layers order (absent: the file has no such tensor)
             self.read_gain = nn.Parameter(torch.zeros(len(spec.layers)))
             self._gain_index = {k: i for i, (k, _) in enumerate(spec.layers)}
@@ -155,6 +165,11 @@ class P3SAdapter(nn.Module):
         w = delta.down.weight
         return n + (delta(n.to(w.dtype)) * scale).to(n.dtype)
 
+    def _check_width(self, kind: str, layer_key: str, want: int, got: int) -> None:
+        if got != want:
+            raise ValueError(f"P3S: adapter {self.source!r} {kind} {layer_key!r} expects width {want}, got {got}: "
+                             "the adapter does not match this MODEL")
+
     def has_read(self, layer_key: str) -> bool:
         return layer_key in self._reads
 
@@ -163,9 +178,7 @@ class P3SAdapter(nn.Module):
         delta = self._reads.get(layer_key)
         if delta is None:
             return q
-        if q.shape[-1] != delta.down.in_features:
-            raise ValueError(f"P3S: adapter {self.source!r} read layer {layer_key!r} expects width "
-                             f"{delta.down.in_features}, got {q.shape[-1]}: the adapter does not match this MODEL")
+        self._check_width("read layer", layer_key, delta.down.in_features, q.shape[-1])
         return q + delta(q.to(delta.down.weight.dtype)).to(q.dtype)
 
     def read_log_gain(self, layer_key: str) -> torch.Tensor | None:
@@ -173,6 +186,28 @@ class P3SAdapter(nn.Module):
         if not self.spec.read_gain or layer_key not in self._gain_index:
             return None
         return self.read_gain[self._gain_index[layer_key]]
+
+    def has_subject_attn(self, layer_key: str) -> bool:
+        return layer_key in self._xattn
+
+    def subject_context(self, subject_tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The resampler's subject tokens [R, num_queries, ctx_dim] for the subject cross-attention; a row
+        without valid tokens gets zeros (its read then adds the mean of nothing: zero values)."""
+        p = self.gate
+        valid = valid.to(device=p.device, dtype=torch.bool)
+        any_valid = valid.any(dim=1)
+        ctx = self.proj(subject_tokens.to(device=p.device, dtype=p.dtype), valid | ~any_valid[:, None],
+                        self.spec.num_queries)
+        return ctx * any_valid.to(ctx.dtype)[:, None, None]
+
+    def subject_read(self, layer_key: str, n: torch.Tensor, ctx: torch.Tensor, rows: torch.Tensor,
+                     weight: float) -> torch.Tensor | None:
+        """The delta a block's cross-attention output gets from the subject (None: no such layer)."""
+        module = self._xattn.get(layer_key)
+        if module is None:
+            return None
+        self._check_width("subject layer", layer_key, module.to_q.in_features, n.shape[-1])
+        return subject_attention.read(module, n, ctx, rows, weight)
 
     def reference_context(self, text_ctx: torch.Tensor, subject_tokens: torch.Tensor,
                           valid: torch.Tensor | None = None) -> torch.Tensor:

@@ -18,7 +18,8 @@ FAMILIES = {"sd15": "SD1.5", "sdxl": "SDXL"}
 # Known CLIP-vision token widths, only to make mismatch messages readable.
 CLIP_WIDTH_NAMES = {768: "ViT-B", 1024: "ViT-L", 1280: "ViT-H", 1664: "ViT-bigG"}
 RESERVED_METADATA = ("format", "format_version", "family", "rank", "alpha", "clip_width",
-                     "ctx_dim", "num_queries", "layers", "read_rank", "read_gain")
+                     "ctx_dim", "num_queries", "layers", "read_rank", "read_gain",
+                     "subject_attn")
 # Upper bounds on what a file header may declare (ours). A shared workflow's adapter is untrusted input:
 # the loader checks the header against these, and the tensor shapes against the header, before it
 # allocates anything. Each bound is several times what SD1.5 / SDXL adapters use (SDXL: 70 layers of
@@ -73,6 +74,8 @@ class AdapterSpec:
     read_rank: int = 0
     # a learned log-gain per layer on the subject tokens' attention share (``read_gain`` tensor); False: none
     read_gain: bool = False
+    # width of the subject cross-attention per layer (p3s_core/subject_attention.py); 0: none
+    subject_attn: int = 0
 
     def __post_init__(self) -> None:
         self.layers = [(str(k), int(d)) for k, d in self.layers]
@@ -91,6 +94,8 @@ class AdapterSpec:
                                  f"{LIMITS[name]} for a P3S adapter")
         if not 0 <= int(self.read_rank) <= LIMITS["rank"]:
             raise ValueError(f"P3S: {source}: read_rank must be in 0..{LIMITS['rank']}, found {self.read_rank}")
+        if not 0 <= int(self.subject_attn) <= LIMITS["rank"]:
+            raise ValueError(f"P3S: {source}: subject_attn must be in 0..{LIMITS['rank']}, found {self.subject_attn}")
         if not math.isfinite(float(self.alpha)):
             raise ValueError(f"P3S: {source}: alpha must be finite, found {self.alpha}")
         if len(self.layers) > LIMITS["layers"]:
@@ -122,7 +127,9 @@ class AdapterSpec:
         # queries, in_norm, in_proj, q_norm, to_q/k/v, to_out, out_norm, out_proj (p3s_core/adapter.py)
         resampler = q * d + 2 * c + (c * d + d) + 2 * d + 3 * d * d + (d * d + d) + 2 * d + (d * d + d)
         gains = len(self.layers) if self.read_gain else 0
-        return deltas + gains + resampler + 1  # + the gate
+        w = int(self.subject_attn)
+        subject = sum(2 * dim * w + 2 * d * w for _, dim in self.layers)  # p3s_core/subject_attention.py
+        return deltas + gains + subject + resampler + 1  # + the gate
 
     def to_metadata(self) -> dict[str, str]:
         """The safetensors metadata (all strings) that describes this spec."""
@@ -137,6 +144,8 @@ class AdapterSpec:
             meta["read_rank"] = str(int(self.read_rank))
         if self.read_gain:  # absent = none, likewise
             meta["read_gain"] = "1"
+        if self.subject_attn:
+            meta["subject_attn"] = str(int(self.subject_attn))
         return meta
 
     @classmethod
@@ -163,7 +172,8 @@ class AdapterSpec:
                        layers=[(k, d) for k, d in json.loads(meta["layers"])],
                        num_queries=_number({"num_queries": "77", **meta}, "num_queries", int), version=int(version),
                        read_rank=_number({"read_rank": "0", **meta}, "read_rank", int),
-                       read_gain=_flag(meta, "read_gain"))
+                       read_gain=_flag(meta, "read_gain"),
+                       subject_attn=_number({"subject_attn": "0", **meta}, "subject_attn", int))
         except (ValueError, OverflowError, RecursionError) as exc:
             if str(exc).startswith("P3S:"):
                 raise ValueError(f"{exc} (in {source}; the file is corrupt, re-download or "

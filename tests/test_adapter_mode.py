@@ -191,6 +191,30 @@ def test_a_learned_read_gain_multiplies_the_weight_in_the_sampler(env):
     assert torch.equal(sample(with_gain, 0.0), _sample(e, e.m))
 
 
+def test_a_subject_cross_attention_changes_the_image_only_where_p3s_reads(env):
+    """A nudged subject cross-attention changes the sampled image; fresh it changes nothing; at weight 0 the image
+    is plain sampling; the model it patched is left as it was (the clone holds the attn2 patches)."""
+    e = _host_models(env)
+    fresh = e.adapter_mod.P3SAdapter(dataclasses.replace(_spec(e), subject_attn=16))
+    Apply, _ = _nodes(e)
+    base = _sample(e, _apply(e, adapter=e.adapter_mod.P3SAdapter(_spec(e)))[0])
+    assert torch.equal(_sample(e, _apply(e, adapter=fresh)[0]), base)
+    nudged = e.adapter_mod.P3SAdapter(dataclasses.replace(_spec(e), subject_attn=16))
+    with torch.no_grad():
+        for name, p in nudged.named_parameters():
+            if name.startswith("xattn.") and name.endswith("to_out.weight"):
+                p.normal_(std=0.5, generator=torch.Generator().manual_seed(0))
+    patched = _apply(e, adapter=nudged)[0]
+    opts = patched.model_options["transformer_options"]["patches"]
+    assert len(opts["attn2_patch"]) == 1 and len(opts["attn2_output_patch"]) == 1
+    assert "attn2_patch" not in e.m.model_options.get("transformer_options", {}).get("patches", {})
+    assert (_sample(e, patched) - base).abs().max().item() > 1e-3
+    with torch.inference_mode():
+        zero = Apply.execute(e.m, e.vae, e.image[None], 0.0, 0.0, 1.0, mask=e.masks[:1].float(), clip_vision=e.cv,
+                             adapter=nudged).result[0]
+    assert torch.equal(_sample(e, zero), _sample(e, e.m))
+
+
 # ---- (b) training lowers the loss; the file works in a real server --------------------------------------
 def test_training_lowers_the_loss_and_writes_adapter_and_curve(env):
     cfg, res = _run(env, "off", checkpoint_every=25)
@@ -345,7 +369,7 @@ def test_paired_references_train_on_the_tiny_model(env):
         # the subject-only reference is cut out of the reference photo, not out of the target
         assert torch.allclose(ref.subject[inside], sample.reference.image[inside])
         assert not torch.allclose(ref.subject[inside], sample.image[inside])
-    cfg = _config(env, steps=4, checkpoint_every=0, read_gain=1)
+    cfg = _config(env, steps=4, checkpoint_every=0, read_gain=1, subject_attn=16)
     out = env.tmp / "pairs" / "pairs.safetensors"
     res = env.training.train(env.backend, dataset, cfg, out, progress=False)
     assert [h["step"] for h in res.history] == [1, 2, 3, 4]
@@ -354,6 +378,11 @@ def test_paired_references_train_on_the_tiny_model(env):
     assert spec.family == "sd15" and spec.read_gain  # --read-gain 1: the gains are trained and saved
     gains = env.adapter_mod.load_adapter(out).read_gain.detach()
     assert gains.shape == (len(spec.layers),) and gains.abs().max().item() > 0
+    assert spec.subject_attn == 16  # --subject-attn 16: the subject cross-attention trains (to_out left zero)
+    trained = env.adapter_mod.load_adapter(out)
+    assert all(trained.has_subject_attn(k) for k, _ in spec.layers)
+    assert max(p.abs().max().item() for n, p in trained.named_parameters()
+               if n.startswith("xattn.") and n.endswith("to_out.weight")) > 0
 
 
 # ---- (e) refusals ----------------------------------------------------------------------------------------

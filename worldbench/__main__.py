@@ -147,7 +147,8 @@ def cmd_bench(a) -> None:
     res = bench.bench(cfg, a.cases, a.seeds, a.split, a.steps, a.cfg, a.weight, a.adapter_steps, a.adapter_data,
                       tuple(a.acl_weights), only, Path(a.out) if a.out else None,
                       Path(a.json) if a.json else None, a.threads, a.adapter_read_rank, a.adapter_weighting,
-                      a.adapter_mode, a.adapter_lr, a.adapter_read_gain, (a.start_percent, a.end_percent))
+                      a.adapter_mode, a.adapter_lr, a.adapter_read_gain, (a.start_percent, a.end_percent),
+                      a.adapter_subject_attn)
     print(f"== transfer benchmark: {cfg.name} world ({res['world']}), split {a.split}, {a.cases} cases x "
           f"{a.seeds} samples, {a.steps} steps euler/normal, cfg {a.cfg}, weight {a.weight}"
           + (f", P3S from {a.start_percent:g} to {a.end_percent:g}" if (a.start_percent, a.end_percent) != (0, 1) else ""))
@@ -202,6 +203,8 @@ def _bench_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--adapter-lr", type=float, default=1e-3, help="the adapters' --lr")
     s.add_argument("--adapter-read-gain", type=int, choices=(0, 1), default=None,
                    help="the adapters' --read-gain (default: the trainer's)")
+    s.add_argument("--adapter-subject-attn", type=int, default=None,
+                   help="the adapters' --subject-attn width (default: the trainer's)")
     s.add_argument("--out", default=None, help="grid PNG to write")
     s.add_argument("--json", default=None, help="all results as JSON")
     s.add_argument("--threads", type=int, default=None,

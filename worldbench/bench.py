@@ -189,29 +189,31 @@ def pick_score(summary: dict) -> float:
 
 # ---- adapters ----------------------------------------------------------------------------------------------
 def adapter_file_name(acl: float, steps: int, batch: int, rank: int, read_rank: int, weighting: str, mode: str,
-                      lr: float, count: int, read_gain: bool = False) -> str:
+                      lr: float, count: int, read_gain: bool = False, subject_attn: int = 0) -> str:
     """The cache name of a benchmark adapter: every training setting the benchmark varies."""
     # lr is named only off 1e-3 (the benchmark's first value) and the gain only when on, so earlier files
     # keep their names
     tag = (f"q{read_rank}_{weighting}" + ("" if mode == "per_step" else f"_{mode}")
-           + ("" if lr == 1e-3 else f"_lr{lr:g}") + ("_g" if read_gain else ""))
+           + ("" if lr == 1e-3 else f"_lr{lr:g}") + ("_g" if read_gain else "")
+           + (f"_x{subject_attn}" if subject_attn else ""))
     return f"world_adapter_acl{acl:g}_s{steps}_b{batch}_r{rank}_{tag}_n{count}.safetensors"
 
 
 def train_adapters(cfg: WorldConfig, steps: int, acl_weights: tuple[float, ...], count: int, batch: int = 4,
                    lr: float = 1e-3, rank: int = 8, threads: int = 1, read_rank: int | None = None,
-                   weighting: str | None = None, mode: str | None = None, read_gain: bool | None = None
-                   ) -> dict[str, Path]:
+                   weighting: str | None = None, mode: str | None = None, read_gain: bool | None = None,
+                   subject_attn: int | None = None) -> dict[str, Path]:
     """Adapters trained by ``scripts/train_adapter.py --custom-node worldbench/world_registrar`` on an export of
     ``count`` train-split pairs (train identities only), one per ACL weight; cached in the world folder.
-    ``read_rank`` / ``weighting`` / ``mode`` / ``read_gain``: the trainer's ``--read-rank`` /
-    ``--loss-weighting`` / ``--reference-mode`` / ``--read-gain`` (None: its defaults)."""
+    ``read_rank`` / ``weighting`` / ``mode`` / ``read_gain`` / ``subject_attn``: the trainer's ``--read-rank`` /
+    ``--loss-weighting`` / ``--reference-mode`` / ``--read-gain`` / ``--subject-attn`` (None: its defaults)."""
     sys.path.append(str(REPO))
     from p3s_core.training.config import TrainConfig
     read_rank = TrainConfig.read_rank if read_rank is None else int(read_rank)
     weighting = weighting or TrainConfig.loss_weighting
     mode = mode or TrainConfig.reference_mode
     read_gain = bool(TrainConfig.read_gain if read_gain is None else read_gain)
+    subject_attn = int(TrainConfig.subject_attn if subject_attn is None else subject_attn)
     from .export import export
     f = files(cfg)
     data = f.dir / f"adapter_data_{count}"
@@ -220,7 +222,7 @@ def train_adapters(cfg: WorldConfig, steps: int, acl_weights: tuple[float, ...],
     out = {}
     for w in acl_weights:
         path = f.dir / "adapters" / adapter_file_name(w, steps, batch, rank, read_rank, weighting, mode, lr, count,
-                                                            read_gain)
+                                                            read_gain, subject_attn)
         if not path.is_file():
             path.parent.mkdir(exist_ok=True)
             cmd = [sys.executable, str(REPO / "scripts" / "train_adapter.py"), "--custom-node", str(REGISTRAR),
@@ -228,7 +230,7 @@ def train_adapters(cfg: WorldConfig, steps: int, acl_weights: tuple[float, ...],
                    "--output", str(path), "--resolution", str(cfg.side), "--cpu", "--steps", str(steps),
                    "--batch-size", str(batch), "--lr", str(lr), "--rank", str(rank), "--acl-weight", f"{w:g}",
                    "--read-rank", str(read_rank), "--loss-weighting", weighting, "--reference-mode", mode,
-                   "--read-gain", str(int(read_gain)),
+                   "--read-gain", str(int(read_gain)), "--subject-attn", str(subject_attn),
                    "--checkpoint-every", "0", "--no-progress"]
             log.info("worldbench: training an adapter (ACL weight %g, %d steps)", w, steps)
             t0 = time.time()
@@ -432,7 +434,7 @@ def bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", steps: 
           only: tuple[str, ...] = (), out: Path | None = None, json_out: Path | None = None,
           threads: int | None = None, read_rank: int | None = None, weighting: str | None = None,
           mode: str | None = None, adapter_lr: float = 1e-3, read_gain: bool | None = None,
-          window: tuple[float, float] = (0.0, 1.0)) -> dict:
+          window: tuple[float, float] = (0.0, 1.0), subject_attn: int | None = None) -> dict:
     """The whole benchmark: adapters (if ``adapter_steps``), every variant, the table, the grid, the last line."""
     if not files(cfg).ready():
         raise SystemExit(f"worldbench: the world model {files(cfg).dir} is not trained: run "
@@ -443,7 +445,7 @@ def bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", steps: 
     clock = Clock()
     adapters = train_adapters(cfg, adapter_steps, tuple(acl_weights), adapter_data, threads=threads,
                               read_rank=read_rank, weighting=weighting, mode=mode, lr=adapter_lr,
-                              read_gain=read_gain) \
+                              read_gain=read_gain, subject_attn=subject_attn) \
         if adapter_steps > 0 else {}
     adapter_time = clock.minutes()
     run = run_bench(cfg, cases, seeds, split, steps, cfg_scale, weight, adapters, only, threads=threads,

@@ -28,6 +28,9 @@ class TrainConfig:
                              "(0: none, the reference-side deltas only)")
     read_gain: int = _opt(0, "1: learn a gain per layer on the subject tokens' attention share (multiplies P3S "
                              "Apply's weight, which stops at 3); 0: none", choices=(0, 1))
+    subject_attn: int = _opt(0, "width of a subject cross-attention per layer: the denoising pass reads the subject "
+                                "from the resampler's tokens directly, its output added to each block's "
+                                "cross-attention (0: none)")
     loss_weighting: str = _opt("v", "diffusion loss weighting over noise levels: eps (plain eps MSE), v (x (1 + "
                                     "sigma^2): the v-prediction loss, which weights the high-noise steps where the "
                                     "subject's identity is decided), x0 (x sigma^2)", choices=LOSS_WEIGHTINGS)
@@ -56,6 +59,8 @@ class TrainConfig:
                 raise ValueError(f"P3S: --{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if int(self.read_rank) < 0:
             raise ValueError(f"P3S: --read-rank must be >= 0 (0: no read deltas), got {self.read_rank}")
+        if int(self.subject_attn) < 0:
+            raise ValueError(f"P3S: --subject-attn must be >= 0 (0: none), got {self.subject_attn}")
         if int(self.read_gain) not in (0, 1):
             raise ValueError(f"P3S: --read-gain must be 0 or 1, got {self.read_gain}")
         if self.reference_mode not in REFERENCE_MODES:

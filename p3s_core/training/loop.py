@@ -81,7 +81,8 @@ def make_adapter(backend, config: TrainConfig) -> P3SAdapter:
         spec = AdapterSpec(family=backend.family, rank=config.rank,
                            alpha=float(config.alpha if config.alpha is not None else config.rank),
                            clip_width=backend.clip_width, ctx_dim=backend.ctx_dim, layers=backend.layers,
-                           read_rank=int(config.read_rank), read_gain=bool(int(config.read_gain)))
+                           read_rank=int(config.read_rank), read_gain=bool(int(config.read_gain)),
+                           subject_attn=int(config.subject_attn))
         adapter = P3SAdapter(spec)
     return adapter.to(device=backend.device, dtype=torch.float32)
 
