@@ -10,14 +10,22 @@ pass (the neck) between.
 2. Other bodies: hills at least ``ALIKE`` x as high (thinner parts, such as legs, tails, ears, a head,
    are never look-alikes) and far enough from the click (``APART`` x ``T``) to be another body, not
    a lobe of this one. Negative points mark other bodies too.
-3. A marker watershed splits the region between those hills along the passes. The clicked body is
+3. Parts too far from the click to be the clicked body: thick parts (at least ``FAR_THICK`` x the
+   clicked body's thickness ``D``) more than ``FAR`` x ``D`` away from every click and from the top of
+   its hill. A look-alike merged with the clicked body without a neck of its own has no hill of its
+   own, but a body whose inscribed radius is ``D`` rarely reaches that far; thin parts (legs, a tail)
+   are not thick enough to count. ``D`` is measured on the shape alone (no edge term) at the top of the
+   hill the click climbs to, not at the click: users click anywhere, and a click near a body's edge
+   measured by its own small depth made the body's own far end "too far" (select4, reverted). They are
+   one more marker.
+4. A marker watershed splits the region between those markers along the passes. The clicked body is
    flooded from the disc around each click that is surely inside it and from the top of the click's
    hill, so a neighbour's flood cannot take the clicked body's top or the side of it nearer to the
    neighbour's top than to the click.
-4. A body joins the clicked side again only when the pass to it is as high as the lower of the two
+5. A body joins the clicked side again only when the pass to it is as high as the lower of the two
    hills (``NECK``: no neck and no edge at all, e.g. the far end of one long body); otherwise it is cut
    off (bench/selection.py measured cutting as the better default for touching look-alikes). A body a
-   negative point marks is always cut off.
+   negative point marks, and the far parts, are always cut off.
 """
 from __future__ import annotations
 
@@ -33,7 +41,11 @@ ALIKE = 0.75  # a hill at least this x the clicked body's height may be another 
 APART = 1.6  # ... when at least this x that height away from the click
 NECK = 1.0  # a pass as high as the lower hill (a plateau: one long body) joins the two
 EDGE_WEIGHT = 1.0  # how much an image edge lowers the landscape (0 = shape alone)
-DISC_GAP = 0.45  # a click's disc reaches at most this x the distance to the nearest other body's marker
+# A click's disc reaches at most this x the distance to the nearest other body's marker (0.45 -> 0.6
+# with the far parts: touching look-alikes up in bench/selection.py, seeds 0 and 1).
+DISC_GAP = 0.6
+FAR = 2.0  # thick parts farther than this x the clicked body's thickness from every click are another body
+FAR_THICK = 0.6  # ... when at least this x that thickness (thin parts: legs, a tail, never are)
 
 
 def edge_strength(lab: torch.Tensor, region: np.ndarray) -> np.ndarray:
@@ -163,6 +175,18 @@ def _join(kinds: list[str], neck: np.ndarray, peak: np.ndarray, ratio: float) ->
         side.add(pick)
 
 
+def _far_parts(thick: np.ndarray, pos: list[Cell]) -> np.ndarray:
+    """[h, w] bool: the thick parts of the region (``thick`` > 0, its shape-only landscape) too far from
+    every click in ``pos`` and from the tops of their hills to be the clicked body (step 3)."""
+    tops = [_climb(thick, p) for p in pos]
+    height = max(float(thick[t]) for t in tops)
+    rr, cc = np.ogrid[0:thick.shape[0], 0:thick.shape[1]]
+    near = np.zeros(thick.shape, bool)
+    for r, c in list(pos) + tops:
+        near |= (rr - r) ** 2 + (cc - c) ** 2 <= (FAR * height) ** 2
+    return ~near & (thick >= FAR_THICK * height) & (thick > 0)
+
+
 def split_lookalikes(region: np.ndarray, pos: list[Cell], neg: list[Cell], auto: bool = True,
                      lab: torch.Tensor | None = None) -> np.ndarray:
     """The part of ``region`` ([h, w] bool) that belongs to the body under the positive cells.
@@ -180,7 +204,8 @@ def split_lookalikes(region: np.ndarray, pos: list[Cell], neg: list[Cell], auto:
         return np.zeros_like(region)
     land = _landscape(keep, None if lab is None else edge_strength(lab[:, :, crop[0], crop[1]], keep))
     others = _other_bodies(land, [_top(land, p) for p in pos]) if auto else []
-    if not neg and not others:
+    far = _far_parts(_landscape(keep, None), pos) if auto else np.zeros(keep.shape, bool)
+    if not neg and not others and not far.any():
         return region
     summits = _summits(land, pos, others + neg)
     cells = others + summits + pos + neg
@@ -190,6 +215,8 @@ def split_lookalikes(region: np.ndarray, pos: list[Cell], neg: list[Cell], auto:
         markers[r, c] = i + 1  # later wins: a click beats a found body, a negative point on a positive cancels it
     kinds = [k if markers[cell] == i + 1 else "gone" for i, (k, cell) in enumerate(zip(kinds, cells))]
     _click_discs(markers, land, cells, kinds)
+    markers[far & (markers == 0)] = len(kinds) + 1  # one more marker: the far parts, never joined back
+    kinds.append("neg")
     basins = flood(keep, land, markers)
     k = len(kinds) + 1
     peak = np.asarray(ndimage.maximum(land, basins, index=np.arange(k)), dtype=float)
