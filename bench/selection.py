@@ -24,7 +24,7 @@ baseline_iou=.. refused=.. worst_margin=.. ms_1024_flat=.. tex_ratio=.. off_touc
 
 ``ms_1024`` is the textured image; ``baseline_iou`` the baseline's separated IoU; ``refused`` counts
 refusals over all families; ``worst_margin`` is min over families of (pack IoU - baseline IoU); ``off_touching`` the touching
-family's ``off`` IoU, ``off_min`` the lowest ``off`` IoU over families (a refused click counts as IoU 0).
+family's ``off`` IoU, ``off_min`` the lowest ``off`` IoU over families (a refused click counts as 0).
 
 Usage: python bench/selection.py [--scenes 40] [--size 512] [--seed 0] [--dreambooth GIT_DIR] [--threads 2]
 """

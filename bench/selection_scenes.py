@@ -230,7 +230,8 @@ def click_point(mask: np.ndarray) -> tuple[float, float]:
     return float(x) + 0.5, float(y) + 0.5
 
 
-def off_centre_point(mask: np.ndarray, rng: np.random.Generator, lo: float = 0.25, hi: float = 0.75) -> tuple[float, float]:
+def off_centre_point(mask: np.ndarray, rng: np.random.Generator, lo: float = 0.25,
+                     hi: float = 0.75) -> tuple[float, float]:
     """A random target pixel (x, y) whose distance to the mask boundary is between ``lo`` and ``hi`` x the
     target's depth (its largest such distance), at the pixel centre: where a user may click, not only the
     deepest point."""

@@ -12,12 +12,12 @@ pass (the neck) between.
    a lobe of this one. Negative points mark other bodies too.
 3. Parts too far from the click to be the clicked body: thick parts (at least ``FAR_THICK`` x the
    clicked body's thickness ``D``) more than ``FAR`` x ``D`` away from every click and from its centre
-   (the top of the click's hill and the ridge around it, ``RIDGE``). A look-alike merged with the clicked body without a neck of its own has no hill of its
-   own, but a body whose inscribed radius is ``D`` rarely reaches that far; thin parts (legs, a tail)
-   are not thick enough to count. ``D`` is measured on the shape alone (no edge term) at the top of the
-   hill the click climbs to, not at the click: users click anywhere, and a click near a body's edge
-   measured by its own small depth made the body's own far end "too far" (select4, reverted). They are
-   one more marker.
+   (the top of the click's hill and the ridge around it, ``RIDGE``). A look-alike merged with the
+   clicked body without a neck of its own has no hill of its own, but a body whose inscribed radius is
+   ``D`` rarely reaches that far; thin parts (legs, a tail) are not thick enough to count. ``D`` is
+   measured on the shape alone (no edge term) on that centre, not at the click: users click anywhere,
+   and a click near a body's edge measured by its own small depth made the body's own far end "too
+   far" (select4, reverted). The far parts are one more marker.
 4. A marker watershed splits the region between those markers along the passes. The clicked body is
    flooded from the disc around each click that is surely inside it and from the top of the click's
    hill, so a neighbour's flood cannot take the clicked body's top or the side of it nearer to the
