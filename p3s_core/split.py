@@ -42,7 +42,8 @@ APART = 1.6  # ... when at least this x that height away from the click
 NECK = 1.0  # a pass as high as the lower hill (a plateau: one long body) joins the two
 EDGE_WEIGHT = 1.0  # how much an image edge lowers the landscape (0 = shape alone)
 # A click's disc reaches at most this x the distance to the nearest other body's marker (0.45 -> 0.6
-# with the far parts: touching look-alikes up in bench/selection.py, seeds 0 and 1).
+# with the far parts: touching look-alikes up in bench/selection.py, seeds 0 and 1), for a click at
+# the top of its hill (``ON_TOP``).
 DISC_GAP = 0.6
 FAR = 2.0  # thick parts farther than this x the clicked body's thickness from every click are another body
 FAR_THICK = 0.6  # ... when at least this x that thickness (thin parts: legs, a tail, never are)
@@ -50,6 +51,11 @@ FAR_THICK = 0.6  # ... when at least this x that thickness (thin parts: legs, a 
 # body's ridge is flat: measured from one point of it, the far end of a 2:1 rounded rectangle clicked
 # off-centre was "too far"; 0.95 and 0.9 within 0.005 on touching look-alikes).
 RIDGE = 0.95
+# A click on a slope (below this x the top of its hill: off a body's middle) keeps the narrower disc:
+# with the wider one a body clicked near its edge lost more to its own top taken for another body
+# (bench/selection.py, off-centre clicks on separated look-alikes).
+ON_TOP = 0.9
+SLOPE_GAP = 0.45
 
 
 def edge_strength(lab: torch.Tensor, region: np.ndarray) -> np.ndarray:
@@ -115,15 +121,17 @@ def _summits(land: np.ndarray, pos: list[Cell], others: list[Cell]) -> list[Cell
 
 def _click_discs(markers: np.ndarray, land: np.ndarray, cells: list[Cell], kinds: list[str]) -> None:
     """Grow each click's marker to the disc around it that is surely the clicked body: as wide as the
-    click's height in the landscape (the disc inside the region, and inside its edges), and less than
-    half way to any other body's marker. Flooding from a single pixel lets a neighbour's flood take
-    parts of the clicked body that are nearer to the neighbour's top than to the click."""
+    click's height in the landscape (the disc inside the region, and inside its edges), and at most
+    ``DISC_GAP`` (``SLOPE_GAP`` for a click on a slope) of the way to any other body's marker. Flooding
+    from a single pixel lets a neighbour's flood take parts of the clicked body that are nearer to the
+    neighbour's top than to the click."""
     rr, cc = np.mgrid[0:land.shape[0], 0:land.shape[1]]
     others = [o for o, k in zip(cells, kinds) if k in ("other", "neg")]
     for i, (cell, kind) in enumerate(zip(cells, kinds)):
         if kind != "pos":
             continue
-        rad = min([float(land[cell])] + [DISC_GAP * float(np.hypot(o[0] - cell[0], o[1] - cell[1])) for o in others])
+        gap = DISC_GAP if land[cell] >= ON_TOP * land[_climb(land, cell)] else SLOPE_GAP
+        rad = min([float(land[cell])] + [gap * float(np.hypot(o[0] - cell[0], o[1] - cell[1])) for o in others])
         disc = ((rr - cell[0]) ** 2 + (cc - cell[1]) ** 2 <= rad * rad) & (markers == 0) & (land > 0)
         markers[disc] = i + 1
 
