@@ -45,7 +45,7 @@ EDGE_WEIGHT = 1.0  # how much an image edge lowers the landscape (0 = shape alon
 # with the far parts: touching look-alikes up in bench/selection.py, seeds 0 and 1), for a click at
 # the top of its hill (``ON_TOP``).
 DISC_GAP = 0.6
-FAR = 2.0  # thick parts farther than this x the clicked body's thickness from every click are another body
+FAR = 2.0  # thick parts farther than this x the clicked body's thickness from its clicks and centre: another body
 FAR_THICK = 0.6  # ... when at least this x that thickness (thin parts: legs, a tail, never are)
 # The clicked body's centre: the top of its hill and the ridge around it at least this x as high (a long
 # body's ridge is flat: measured from one point of it, the far end of a 2:1 rounded rectangle clicked
@@ -231,8 +231,8 @@ def split_lookalikes(region: np.ndarray, pos: list[Cell], neg: list[Cell], auto:
         markers[r, c] = i + 1  # later wins: a click beats a found body, a negative point on a positive cancels it
     kinds = [k if markers[cell] == i + 1 else "gone" for i, (k, cell) in enumerate(zip(kinds, cells))]
     _click_discs(markers, land, cells, kinds)
-    markers[far & (markers == 0)] = len(kinds) + 1  # one more marker: the far parts, never joined back
-    kinds.append("neg")
+    markers[far & (markers == 0)] = len(kinds) + 1  # one more marker: the far parts,
+    kinds.append("neg")  # closed to the join like a negative point's body
     basins = flood(keep, land, markers)
     k = len(kinds) + 1
     peak = np.asarray(ndimage.maximum(land, basins, index=np.arange(k)), dtype=float)
