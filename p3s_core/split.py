@@ -41,10 +41,10 @@ ALIKE = 0.75  # a hill at least this x the clicked body's height may be another 
 APART = 1.6  # ... when at least this x that height away from the click
 NECK = 1.0  # a pass as high as the lower hill (a plateau: one long body) joins the two
 EDGE_WEIGHT = 1.0  # how much an image edge lowers the landscape (0 = shape alone)
-# A click's disc reaches at most this x the distance to the nearest other body's marker (0.45 -> 0.6
+# A click's disc reaches at most this x the distance to the nearest other body's marker (0.45 -> 0.55
 # with the far parts: touching look-alikes up in bench/selection.py, seeds 0 and 1), for a click at
 # the top of its hill (``ON_TOP``).
-DISC_GAP = 0.6
+DISC_GAP = 0.55
 FAR = 2.0  # thick parts farther than this x the clicked body's thickness from its clicks and centre: another body
 FAR_THICK = 0.6  # ... when at least this x that thickness (thin parts: legs, a tail, never are)
 # The clicked body's centre: the top of its hill and the ridge around it at least this x as high (a long
