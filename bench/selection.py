@@ -8,6 +8,10 @@ same clicks (per-pixel colour distance to the clicked colour, Otsu threshold, th
 under the click), accuracy (IoU with the target above IoU with every other subject) and refusals
 (clicks that raised instead of selecting). Thin parts: the fraction of thin-part pixels kept.
 
+Users do not click the deepest point: each target is also clicked once at a random interior pixel
+between 1/4 and 3/4 of its depth (distance to its boundary; seeded, drawn apart from the scenes so the
+deepest-click figures stay as they were); ``off`` is the pack's mean IoU for those clicks.
+
 Then: the shipped example ``assets/two_dogs.png`` (left dog with the example workflows' points; IoU
 and how much of its tail is kept); real photos (two DreamBench photos of the same class side by side,
 a click at the centre of each half: the share of the mask inside the clicked half), read from a
@@ -16,10 +20,11 @@ said so otherwise); timings at 1024x1024 (1 positive + 1 negative point) on a st
 and on the same subjects on a flat background, and 4096x4096. The last line is::
 
     selection separated_iou=.. separated_acc=.. touching_iou=.. touching_acc=.. ms_1024=.. \
-baseline_iou=.. refused=.. worst_margin=.. ms_1024_flat=.. tex_ratio=..
+baseline_iou=.. refused=.. worst_margin=.. ms_1024_flat=.. tex_ratio=.. off_touching=.. off_min=..
 
 ``ms_1024`` is the textured image; ``baseline_iou`` the baseline's separated IoU; ``refused`` counts
-refusals over all families; ``worst_margin`` is min over families of (pack IoU - baseline IoU).
+refusals over all families; ``worst_margin`` is min over families of (pack IoU - baseline IoU); ``off_touching`` the touching
+family's ``off`` IoU, ``off_min`` the lowest ``off`` IoU over families (a refused click counts as 0).
 
 Usage: python bench/selection.py [--scenes 40] [--size 512] [--seed 0] [--dreambooth GIT_DIR] [--threads 2]
 """
@@ -46,7 +51,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from p3s_core.features import rgb_to_lab  # noqa: E402
 from p3s_core.points import PointSet  # noqa: E402
 from p3s_core.rngr import select_subject  # noqa: E402
-from selection_scenes import FAMILIES, click_point, make_scene  # noqa: E402
+from selection_scenes import FAMILIES, click_point, make_scene, off_centre_point  # noqa: E402
 
 
 
@@ -109,7 +114,8 @@ def pack_select(image: np.ndarray, clicks, negative=(), **kwargs) -> np.ndarray 
 
 def run_family(family: str, n: int, size: int, seed: int, **kwargs) -> dict:
     rng = np.random.default_rng([seed, FAMILIES.index(family)])
-    out = {"iou": [], "base": [], "acc": [], "refused": 0, "thin": []}
+    off_rng = np.random.default_rng([seed, FAMILIES.index(family), 1])  # apart: the scenes stay as they were
+    out = {"iou": [], "base": [], "acc": [], "refused": 0, "thin": [], "off": []}
     for _ in range(n):
         scene = make_scene(rng, family, size)
         if len(scene.masks) < 2:
@@ -127,6 +133,11 @@ def run_family(family: str, n: int, size: int, seed: int, **kwargs) -> dict:
             thin = scene.thin_masks[j]
             if thin is not None and thin.sum() > 0:
                 out["thin"].append(float((sel & thin).sum() / thin.sum()))
+            off = pack_select(scene.image, [off_centre_point(m, off_rng)], **kwargs)
+            if off is None:
+                out["refused"] += 1
+                off = np.zeros_like(m)
+            out["off"].append(iou(off, m))
     return out
 
 
@@ -232,14 +243,16 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    figs, refused, margins = {}, 0, []
+    figs, refused, margins, offs = {}, 0, [], {}
     for fam in args.families.split(","):
         r = run_family(fam, args.scenes, args.size, args.seed)
         figs[fam] = (float(np.mean(r["iou"])), float(np.mean(r["acc"])), float(np.mean(r["base"])))
         refused += r["refused"]
         margins.append(figs[fam][0] - figs[fam][2])
+        offs[fam] = float(np.mean(r["off"]))
         thin = f", thin parts kept {np.mean(r['thin']):.3f}" if r["thin"] else ""
-        print(f"{fam:12s}: {len(r['iou']):3d} targets, IoU {figs[fam][0]:.3f} (baseline {figs[fam][2]:.3f}), "
+        print(f"{fam:12s}: {len(r['iou']):3d} targets, IoU {figs[fam][0]:.3f} off {offs[fam]:.3f} "
+              f"(baseline {figs[fam][2]:.3f}), "
               f"accuracy {figs[fam][1]:.3f}, refused {r['refused']}{thin}")
     print(f"families took {time.time() - t0:.0f} s")
     d_iou, d_tail, d_base = two_dogs()
@@ -262,7 +275,8 @@ def main() -> None:
     sep, tou = figs.get("separated", (0, 0, 0)), figs.get("touching", (0, 0, 0))
     print(f"selection separated_iou={sep[0]:.2f} separated_acc={sep[1]:.2f} touching_iou={tou[0]:.2f} "
           f"touching_acc={tou[1]:.2f} ms_1024={ms:.0f} baseline_iou={sep[2]:.2f} refused={refused} "
-          f"worst_margin={min(margins):+.2f} ms_1024_flat={ms_flat:.0f} tex_ratio={ms / ms_flat:.2f}")
+          f"worst_margin={min(margins):+.2f} ms_1024_flat={ms_flat:.0f} tex_ratio={ms / ms_flat:.2f} "
+          f"off_touching={offs.get('touching', float('nan')):.3f} off_min={min(offs.values()):.3f}")
 
 
 if __name__ == "__main__":

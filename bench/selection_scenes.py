@@ -228,3 +228,17 @@ def click_point(mask: np.ndarray) -> tuple[float, float]:
     dt = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
     y, x = np.unravel_index(int(np.argmax(dt)), dt.shape)
     return float(x) + 0.5, float(y) + 0.5
+
+
+def off_centre_point(mask: np.ndarray, rng: np.random.Generator, lo: float = 0.25,
+                     hi: float = 0.75) -> tuple[float, float]:
+    """A random target pixel (x, y) whose distance to the mask boundary is between ``lo`` and ``hi`` x the
+    target's depth (its largest such distance), at the pixel centre: where a user may click, not only the
+    deepest point."""
+    dt = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    top = float(dt.max())
+    rows, cols = np.nonzero((dt >= lo * top) & (dt <= hi * top))
+    if len(rows) == 0:  # a target too thin for the band (depth ~1 px): its deepest point
+        return click_point(mask)
+    i = int(rng.integers(len(rows)))
+    return float(cols[i]) + 0.5, float(rows[i]) + 0.5

@@ -10,14 +10,22 @@ pass (the neck) between.
 2. Other bodies: hills at least ``ALIKE`` x as high (thinner parts, such as legs, tails, ears, a head,
    are never look-alikes) and far enough from the click (``APART`` x ``T``) to be another body, not
    a lobe of this one. Negative points mark other bodies too.
-3. A marker watershed splits the region between those hills along the passes. The clicked body is
+3. Parts too far from the click to be the clicked body: thick parts (at least ``FAR_THICK`` x the
+   clicked body's thickness ``D``) more than ``FAR`` x ``D`` away from every click and from its centre
+   (the top of the click's hill and the ridge around it, ``RIDGE``). A look-alike merged with the
+   clicked body without a neck of its own has no hill of its own, but a body whose inscribed radius is
+   ``D`` rarely reaches that far; thin parts (legs, a tail) are not thick enough to count. ``D`` is
+   measured on the shape alone (no edge term) on that centre, not at the click: users click anywhere,
+   and a click near a body's edge measured by its own small depth made the body's own far end "too
+   far" (select4, reverted). The far parts are one more marker.
+4. A marker watershed splits the region between those markers along the passes. The clicked body is
    flooded from the disc around each click that is surely inside it and from the top of the click's
    hill, so a neighbour's flood cannot take the clicked body's top or the side of it nearer to the
    neighbour's top than to the click.
-4. A body joins the clicked side again only when the pass to it is as high as the lower of the two
+5. A body joins the clicked side again only when the pass to it is as high as the lower of the two
    hills (``NECK``: no neck and no edge at all, e.g. the far end of one long body); otherwise it is cut
    off (bench/selection.py measured cutting as the better default for touching look-alikes). A body a
-   negative point marks is always cut off.
+   negative point marks, and the far parts, are always cut off.
 """
 from __future__ import annotations
 
@@ -33,7 +41,21 @@ ALIKE = 0.75  # a hill at least this x the clicked body's height may be another 
 APART = 1.6  # ... when at least this x that height away from the click
 NECK = 1.0  # a pass as high as the lower hill (a plateau: one long body) joins the two
 EDGE_WEIGHT = 1.0  # how much an image edge lowers the landscape (0 = shape alone)
-DISC_GAP = 0.45  # a click's disc reaches at most this x the distance to the nearest other body's marker
+# A click's disc reaches at most this x the distance to the nearest other body's marker (0.45 -> 0.55
+# with the far parts: touching look-alikes up in bench/selection.py, seeds 0 and 1), for a click at
+# the top of its hill (``ON_TOP``).
+DISC_GAP = 0.55
+FAR = 2.0  # thick parts farther than this x the clicked body's thickness from its clicks and centre: another body
+FAR_THICK = 0.6  # ... when at least this x that thickness (thin parts: legs, a tail, never are)
+# The clicked body's centre: the top of its hill and the ridge around it at least this x as high (a long
+# body's ridge is flat: measured from one point of it, the far end of a 2:1 rounded rectangle clicked
+# off-centre was "too far"; 0.95 and 0.9 within 0.005 on touching look-alikes).
+RIDGE = 0.95
+# A click on a slope (below this x the top of its hill: off a body's middle) keeps the narrower disc:
+# with the wider one a body clicked near its edge lost more to its own top taken for another body
+# (bench/selection.py, off-centre clicks on separated look-alikes).
+ON_TOP = 0.9
+SLOPE_GAP = 0.45
 
 
 def edge_strength(lab: torch.Tensor, region: np.ndarray) -> np.ndarray:
@@ -99,15 +121,17 @@ def _summits(land: np.ndarray, pos: list[Cell], others: list[Cell]) -> list[Cell
 
 def _click_discs(markers: np.ndarray, land: np.ndarray, cells: list[Cell], kinds: list[str]) -> None:
     """Grow each click's marker to the disc around it that is surely the clicked body: as wide as the
-    click's height in the landscape (the disc inside the region, and inside its edges), and less than
-    half way to any other body's marker. Flooding from a single pixel lets a neighbour's flood take
-    parts of the clicked body that are nearer to the neighbour's top than to the click."""
+    click's height in the landscape (the disc inside the region, and inside its edges), and at most
+    ``DISC_GAP`` (``SLOPE_GAP`` for a click on a slope) of the way to any other body's marker. Flooding
+    from a single pixel lets a neighbour's flood take parts of the clicked body that are nearer to the
+    neighbour's top than to the click."""
     rr, cc = np.mgrid[0:land.shape[0], 0:land.shape[1]]
     others = [o for o, k in zip(cells, kinds) if k in ("other", "neg")]
     for i, (cell, kind) in enumerate(zip(cells, kinds)):
         if kind != "pos":
             continue
-        rad = min([float(land[cell])] + [DISC_GAP * float(np.hypot(o[0] - cell[0], o[1] - cell[1])) for o in others])
+        gap = DISC_GAP if land[cell] >= ON_TOP * land[_climb(land, cell)] else SLOPE_GAP
+        rad = min([float(land[cell])] + [gap * float(np.hypot(o[0] - cell[0], o[1] - cell[1])) for o in others])
         disc = ((rr - cell[0]) ** 2 + (cc - cell[1]) ** 2 <= rad * rad) & (markers == 0) & (land > 0)
         markers[disc] = i + 1
 
@@ -163,6 +187,22 @@ def _join(kinds: list[str], neck: np.ndarray, peak: np.ndarray, ratio: float) ->
         side.add(pick)
 
 
+def _far_parts(thick: np.ndarray, pos: list[Cell]) -> np.ndarray:
+    """[h, w] bool: the thick parts of the region (``thick`` > 0, its shape-only landscape) too far from
+    every click in ``pos`` and from the clicked body's centre to be the clicked body (step 3). The centre
+    is the top of the hill each click climbs to and the ridge around it at least ``RIDGE`` x as high, so
+    the measure is the same wherever on the body the click is."""
+    centre = np.zeros(thick.shape, bool)
+    for p in pos:
+        centre[p] = True
+        top = _climb(thick, p)
+        ridges, _ = ndimage.label(thick >= RIDGE * thick[top])
+        centre |= ridges == ridges[top]
+    height = float(thick[centre].max())
+    near = ndimage.distance_transform_edt(~centre) <= FAR * height
+    return ~near & (thick >= FAR_THICK * height) & (thick > 0)
+
+
 def split_lookalikes(region: np.ndarray, pos: list[Cell], neg: list[Cell], auto: bool = True,
                      lab: torch.Tensor | None = None) -> np.ndarray:
     """The part of ``region`` ([h, w] bool) that belongs to the body under the positive cells.
@@ -180,7 +220,8 @@ def split_lookalikes(region: np.ndarray, pos: list[Cell], neg: list[Cell], auto:
         return np.zeros_like(region)
     land = _landscape(keep, None if lab is None else edge_strength(lab[:, :, crop[0], crop[1]], keep))
     others = _other_bodies(land, [_top(land, p) for p in pos]) if auto else []
-    if not neg and not others:
+    far = _far_parts(_landscape(keep, None), pos) if auto else np.zeros(keep.shape, bool)
+    if not neg and not others and not far.any():
         return region
     summits = _summits(land, pos, others + neg)
     cells = others + summits + pos + neg
@@ -190,6 +231,8 @@ def split_lookalikes(region: np.ndarray, pos: list[Cell], neg: list[Cell], auto:
         markers[r, c] = i + 1  # later wins: a click beats a found body, a negative point on a positive cancels it
     kinds = [k if markers[cell] == i + 1 else "gone" for i, (k, cell) in enumerate(zip(kinds, cells))]
     _click_discs(markers, land, cells, kinds)
+    markers[far & (markers == 0)] = len(kinds) + 1  # one more marker: the far parts,
+    kinds.append("neg")  # closed to the join like a negative point's body
     basins = flood(keep, land, markers)
     k = len(kinds) + 1
     peak = np.asarray(ndimage.maximum(land, basins, index=np.arange(k)), dtype=float)

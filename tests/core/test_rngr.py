@@ -363,6 +363,74 @@ def test_touching_lookalikes_of_the_bench_generator_are_told_apart():
     assert np.mean(split) >= 0.79
 
 
+@pytest.mark.parametrize("shape", ["rounded_rectangle", "long_ellipse"])
+def test_split_keeps_one_long_body_whole_wherever_it_is_clicked(shape):
+    """One long body (2:1 rounded rectangle, 2.5:1 ellipse), clicked anywhere at a quarter of its depth or
+    more: its far end is never 'too far to be the clicked body'. The body's thickness and centre are read
+    on the ridge around the top the click climbs to; read at one point of a flat ridge, or at the click,
+    the far end of the rectangle went (667 of 2645 pixels)."""
+    from scipy import ndimage
+
+    from p3s_core.split import split_lookalikes
+
+    yy, xx = np.mgrid[0:80, 0:120]
+    if shape == "rounded_rectangle":
+        qx, qy = np.maximum(np.abs(xx - 60) - 30, 0), np.maximum(np.abs(yy - 40) - 12, 0)
+        body = qx * qx + qy * qy <= 36
+    else:
+        body = ((yy - 40) / 12.0) ** 2 + ((xx - 60) / 30.0) ** 2 <= 1
+    depth = ndimage.distance_transform_edt(body)
+    cells = np.argwhere(depth >= 0.25 * depth.max())
+    for r, c in cells[:: max(1, len(cells) // 60)]:
+        out = split_lookalikes(body, [(int(r), int(c))], [], auto=True)
+        assert out.sum() == body.sum(), (shape, r, c, int(body.sum() - out.sum()))
+
+
+def test_split_cuts_off_a_thick_part_too_far_to_be_the_clicked_body_and_keeps_a_thin_one():
+    """A clicked disc (radius 20) merged with a long bar 0.65x as thick, which has no hill of its own (it is
+    not thick enough to be found as a look-alike), and with a long thin tail: the bar's far part is too far
+    from the clicked body to be it and goes; the tail (too thin to count) and the disc stay. The same from a
+    click half way between the disc's centre and its edge: the cut is the same (measured at the click, the
+    disc's thickness would be half, and the bar would be cut nearer)."""
+    from p3s_core.split import split_lookalikes
+
+    yy, xx = np.mgrid[0:200, 0:260]
+    disc = (yy - 60) ** 2 + (xx - 40) ** 2 <= 20 ** 2
+    bar = (np.abs(yy - 60) <= 13) & (xx >= 40) & (xx <= 240)
+    tail = (np.abs(xx - 40) <= 2) & (yy >= 60) & (yy <= 190)
+    region = disc | bar | tail
+    out = split_lookalikes(region, [(60, 40)], [], auto=True)
+    far_bar = bar & (xx >= 120)
+    assert _frac_inside(out, disc) > 0.95
+    assert _frac_inside(out, bar & (xx < 65)) > 0.95  # the bar next to the disc is within reach
+    assert _frac_inside(out, far_bar) < 0.05
+    assert _frac_inside(out, tail & ~disc) > 0.95
+    assert (split_lookalikes(region, [(50, 31)], [], auto=True) == out).all()  # off-centre click
+    # Without the automatic split (negative points only) nothing is cut.
+    assert split_lookalikes(region, [(60, 40)], [], auto=False).sum() == region.sum()
+
+
+def test_bench_off_centre_clicks_lie_in_the_requested_depth_band():
+    """bench/selection.py's off-centre click: a pixel of the target between 1/4 and 3/4 of its depth,
+    the same for the same seed, and not always the same pixel (it samples the band)."""
+    import sys
+    from pathlib import Path
+
+    from scipy import ndimage
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from selection_scenes import off_centre_point
+
+    body = _ellipse(80, 120, 60, 40, 30, 12)
+    depth = ndimage.distance_transform_edt(np.pad(body, 1))[1:-1, 1:-1]
+    clicks = [off_centre_point(body, np.random.default_rng([3, k])) for k in range(20)]
+    for x, y in clicks:
+        assert body[int(y), int(x)]
+        assert 0.25 * depth.max() <= depth[int(y), int(x)] <= 0.75 * depth.max()
+    assert clicks == [off_centre_point(body, np.random.default_rng([3, k])) for k in range(20)]
+    assert len(set(clicks)) > 10
+
+
 @pytest.mark.parametrize("shape", ["rectangle", "ellipse"])
 def test_split_keeps_one_compact_body_whole_wherever_it_is_clicked(shape):
     """One body, no look-alike: a click anywhere inside it at a quarter of its depth or more (users do not
