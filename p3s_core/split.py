@@ -42,9 +42,9 @@ APART = 1.6  # ... when at least this x that height away from the click
 NECK = 1.0  # a pass as high as the lower hill (a plateau: one long body) joins the two
 EDGE_WEIGHT = 1.0  # how much an image edge lowers the landscape (0 = shape alone)
 # A click's disc reaches at most this x the distance to the nearest other body's marker (0.45 -> 0.55
-# with the far parts: touching look-alikes up in bench/selection.py, seeds 0 and 1), for a click at
-# the top of its hill (``ON_TOP``).
-DISC_GAP = 0.55
+# with the far parts, 0.6 with ``UP_SLOPE``: touching look-alikes up in bench/selection.py, seeds 0
+# and 1), for a click at the top of its hill (``ON_TOP``).
+DISC_GAP = 0.6
 FAR = 2.0  # thick parts farther than this x the clicked body's thickness from its clicks and centre: another body
 FAR_THICK = 0.6  # ... when at least this x that thickness (thin parts: legs, a tail, never are)
 # The clicked body's centre: the top of its hill and the ridge around it at least this x as high (a long
@@ -56,6 +56,12 @@ RIDGE = 0.95
 # (bench/selection.py, off-centre clicks on separated look-alikes).
 ON_TOP = 0.9
 SLOPE_GAP = 0.45
+# The clicked body's height, for a click between half and ``LOW`` x the top of its hill (off its middle),
+# is read this part of the way up from the click to that top: measured at the click alone, the body's
+# own top, or a bump of it, passed for another body (off-centre clicks in bench/selection.py); measured
+# at the top, touching look-alikes lost their markers (the top of a merged hill is often in the overlap).
+LOW = 0.6
+UP_SLOPE = 0.25
 
 
 def edge_strength(lab: torch.Tensor, region: np.ndarray) -> np.ndarray:
@@ -81,6 +87,16 @@ def _top(land: np.ndarray, cell: Cell) -> Cell:
     return cell if land[cell] >= 0.5 * land[top] else top
 
 
+def _height(land: np.ndarray, cell: Cell) -> float:
+    """The clicked body's height in ``land`` seen from ``cell``: at the click when it is high on its hill
+    (at least ``LOW`` x the top), ``UP_SLOPE`` of the way up to the top a little lower, at the top below
+    half of it (the same top ``_top`` measures from)."""
+    low, top = float(land[cell]), float(land[_climb(land, cell)])
+    if low < 0.5 * top:
+        return top
+    return low + UP_SLOPE * (top - low) if low < LOW * top else low
+
+
 def _climb(land: np.ndarray, cell: Cell) -> Cell:
     """The top of the hill under ``cell``: steepest ascent to a local maximum of ``land``."""
     r, c = cell
@@ -94,9 +110,9 @@ def _climb(land: np.ndarray, cell: Cell) -> Cell:
         r, c = r0 + int(i), c0 + int(j)
 
 
-def _other_bodies(land: np.ndarray, tops: list[Cell]) -> list[Cell]:
-    """Hill tops high enough and far enough from the clicked hills' ``tops`` to be another body."""
-    height = max(float(land[t]) for t in tops)
+def _other_bodies(land: np.ndarray, tops: list[Cell], height: float) -> list[Cell]:
+    """Hill tops high enough (against the clicked body's ``height``) and far enough from the clicked
+    hills' ``tops`` to be another body."""
     size = max(3, int(height) | 1)
     peaks = (land >= ALIKE * height) & (land >= 2) & (land == ndimage.maximum_filter(land, size=size))
     out = []
@@ -219,7 +235,8 @@ def split_lookalikes(region: np.ndarray, pos: list[Cell], neg: list[Cell], auto:
     if not pos:
         return np.zeros_like(region)
     land = _landscape(keep, None if lab is None else edge_strength(lab[:, :, crop[0], crop[1]], keep))
-    others = _other_bodies(land, [_top(land, p) for p in pos]) if auto else []
+    height = max(_height(land, p) for p in pos)
+    others = _other_bodies(land, [_top(land, p) for p in pos], height) if auto else []
     far = _far_parts(_landscape(keep, None), pos) if auto else np.zeros(keep.shape, bool)
     if not neg and not others and not far.any():
         return region
