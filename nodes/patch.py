@@ -107,7 +107,7 @@ class P3SPatch:
         self.subject_valid = subject_valid
         # an adapter with a subject cross-attention also patches attn2 (nodes/subject_read.py)
         self.attn2 = (SubjectReadIn(self), SubjectReadOut(self)) \
-            if adapter is not None and getattr(adapter.spec, "subject_attn", 0) else None
+            if adapter is not None and adapter.spec.subject_attn else None
 
     def __deepcopy__(self, memo):
         # Shared, not copied, by ModelPatcher.clone() (which deep-copies model_options): this object is the
