@@ -304,6 +304,12 @@ def test_bench_variants_and_api_prompts():
     for name in ("cached", "noselect", "sampler_cosine", "adapter"):
         inputs = bench.api_prompt(late[name], case, "ref.png", "w.safetensors", "cv.safetensors", 7, 3)["12"]["inputs"]
         assert (inputs["weight"], inputs["start_percent"], inputs["end_percent"]) == (2.0, 0.2, 0.7)
+    # --fill reaches P3S Apply in every P3S variant (default: the pack's blur)
+    assert g["cached"]["12"]["inputs"]["fill"] == "blur"
+    flat = {v.name: v for v in bench.variants({"adapter": "a.safetensors"}, fill="flat")}
+    for name in ("per_step", "cached", "uncond_on", "sampler_step", "adapter"):
+        inputs = bench.api_prompt(flat[name], case, "ref.png", "w.safetensors", "cv.safetensors", 7, 3)["12"]["inputs"]
+        assert inputs["fill"] == "flat"
 
 
 def test_bench_last_line_and_table():

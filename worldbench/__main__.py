@@ -148,10 +148,11 @@ def cmd_bench(a) -> None:
                       tuple(a.acl_weights), only, Path(a.out) if a.out else None,
                       Path(a.json) if a.json else None, a.threads, a.adapter_read_rank, a.adapter_weighting,
                       a.adapter_mode, a.adapter_lr, a.adapter_read_gain, (a.start_percent, a.end_percent),
-                      a.adapter_subject_attn)
+                      a.adapter_subject_attn, a.fill)
     print(f"== transfer benchmark: {cfg.name} world ({res['world']}), split {a.split}, {a.cases} cases x "
           f"{a.seeds} samples, {a.steps} steps euler/normal, cfg {a.cfg}, weight {a.weight}"
-          + (f", P3S from {a.start_percent:g} to {a.end_percent:g}" if (a.start_percent, a.end_percent) != (0, 1) else ""))
+          + (f", P3S from {a.start_percent:g} to {a.end_percent:g}" if (a.start_percent, a.end_percent) != (0, 1) else "")
+          + (f", fill {a.fill}" if a.fill != "blur" else ""))
     print(res["table"])
     if res["paired_table"]:
         print("== against plain on the same cases and seeds (95 % bootstrap over cases)")
@@ -189,6 +190,8 @@ def _bench_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--weight", type=float, default=1.0, help="P3S Apply weight of every P3S variant")
     s.add_argument("--start-percent", type=float, default=0.0, help="P3S Apply start_percent of every P3S variant")
     s.add_argument("--end-percent", type=float, default=1.0, help="P3S Apply end_percent of every P3S variant")
+    s.add_argument("--fill", choices=("blur", "flat", "inpaint"), default="blur",
+                   help="P3S Apply fill (the subject-only reference's outside) of every P3S variant")
     s.add_argument("--variants", default="", help="comma-separated subset (default: all)")
     s.add_argument("--adapter-steps", type=int, default=0, help="train adapters (ACL 0 and 100) for S steps")
     s.add_argument("--adapter-data", type=int, default=600, help="train-split pairs exported for the adapters")

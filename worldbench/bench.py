@@ -77,12 +77,13 @@ def adapter_mode(path: Path) -> str:
 
 
 def variants(adapters: dict[str, str] | None = None, weight: float = 1.0,
-             modes: dict[str, str] | None = None, window: tuple[float, float] = (0.0, 1.0)) -> list[Variant]:
+             modes: dict[str, str] | None = None, window: tuple[float, float] = (0.0, 1.0),
+             fill: str = "blur") -> list[Variant]:
     """Every variant of the issue: plain, no selection, per_step, cached, uncond on, each P3S Sampler
     preset, and one per trained adapter (``adapters``: variant name -> adapter file name; ``modes``: variant
-    name -> the reference_mode it samples with, default per_step). ``weight`` and ``window`` (P3S Apply's
-    start_percent, end_percent) go to every P3S variant."""
-    w = {"weight": weight, "start_percent": float(window[0]), "end_percent": float(window[1])}
+    name -> the reference_mode it samples with, default per_step). ``weight``, ``window`` (P3S Apply's
+    start_percent, end_percent) and ``fill`` go to every P3S variant."""
+    w = {"weight": weight, "start_percent": float(window[0]), "end_percent": float(window[1]), "fill": fill}
     # named: no P3S, the clicked identity written into the prompt (what a user without P3S would try; the
     # world model's own colour control, the yardstick for what any identity transfer can show here)
     out = [Variant("plain", p3s=False), Variant("named", p3s=False, named=True),
@@ -295,13 +296,13 @@ def _fetch(srv, entry: dict) -> np.ndarray:
 def run_bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", steps: int = 20,
               cfg_scale: float = 6.0, weight: float = 1.0, adapters: dict[str, Path] | None = None,
               only: tuple[str, ...] = (), work: Path | None = None, grid_cases: int = 6, threads: int = 1,
-              window: tuple[float, float] = (0.0, 1.0)) -> dict:
+              window: tuple[float, float] = (0.0, 1.0), fill: str = "blur") -> dict:
     """Runs every variant on ``cases`` cases of ``split`` x ``seeds`` samples through a real server.
     Returns the results (per variant: n and each metric's share and 95 % interval) and the grid images."""
     import tempfile
     adapters = adapters or {}
     vs = [v for v in variants({k: p.name for k, p in adapters.items()}, weight,
-                              {k: adapter_mode(p) for k, p in adapters.items()}, window)
+                              {k: adapter_mode(p) for k, p in adapters.items()}, window, fill)
           if not only or v.name in only]
     reader = load_reader(cfg)
     f = files(cfg)
@@ -343,7 +344,7 @@ def run_bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", ste
             srv.stop()
             log_text = srv.log_path.read_text(errors="replace")
     res = {"split": split, "cases": cases, "seeds": seeds, "steps": steps, "cfg": cfg_scale, "weight": weight,
-           "window": list(window), "sampler": "euler/normal", "world": f.dir.name, "time": clock.minutes(),
+           "window": list(window), "fill": fill, "sampler": "euler/normal", "world": f.dir.name, "time": clock.minutes(),
            "variants": {n: {**t.summary(), "seconds_per_prompt": seconds[n] / max(1, cases)}
                         for n, t in tally.items()},
            "reader_on_references": {k: sum(r["reference_read"][k] for r in per_case) / max(1, cases)
@@ -434,7 +435,7 @@ def bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", steps: 
           only: tuple[str, ...] = (), out: Path | None = None, json_out: Path | None = None,
           threads: int | None = None, read_rank: int | None = None, weighting: str | None = None,
           mode: str | None = None, adapter_lr: float = 1e-3, read_gain: bool | None = None,
-          window: tuple[float, float] = (0.0, 1.0), subject_attn: int | None = None) -> dict:
+          window: tuple[float, float] = (0.0, 1.0), subject_attn: int | None = None, fill: str = "blur") -> dict:
     """The whole benchmark: adapters (if ``adapter_steps``), every variant, the table, the grid, the last line."""
     if not files(cfg).ready():
         raise SystemExit(f"worldbench: the world model {files(cfg).dir} is not trained: run "
@@ -449,7 +450,7 @@ def bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", steps: 
         if adapter_steps > 0 else {}
     adapter_time = clock.minutes()
     run = run_bench(cfg, cases, seeds, split, steps, cfg_scale, weight, adapters, only, threads=threads,
-                    window=window)
+                    window=window, fill=fill)
     res = run["results"]
     best, why = best_training_free(res, cfg)
     res.update(threads=threads, load_average=os.getloadavg()[0], best_training_free=best, best_why=why,
