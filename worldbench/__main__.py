@@ -28,7 +28,8 @@ from . import world
 
 
 def _cfg(a) -> config_mod.WorldConfig:
-    return config_mod.get("quick" if a.quick else "gpu" if a.gpu else "small" if a.small else "default")
+    return config_mod.get("quick" if a.quick else "gpu" if a.gpu else "small" if a.small else "mid" if a.mid
+                          else "default")
 
 
 def _print(title: str, d: dict) -> None:
@@ -225,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         g.add_argument("--quick", action="store_true", help="the CI smoke config")
         g.add_argument("--gpu", action="store_true", help="the larger config (uses CUDA when present)")
         g.add_argument("--small", action="store_true", help="a smaller model for experiments")
+        g.add_argument("--mid", action="store_true", help="128 px images (16x16 latents), trained over sittings")
         s.set_defaults(fn=fn)
         return s
 

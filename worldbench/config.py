@@ -92,6 +92,16 @@ SMALL = WorldConfig(
     ae=AEConfig(images=2000, steps=600, full_steps=100),
     unet=UNetConfig(images=6000, steps=1500),
 )
+# 128 px images (16x16 latents: four times the default's subject tokens per attention layer) with the
+# default's model sizes and more captions that name the identity, for the CPU: too big for one 60 min
+# sitting (the autoencoder trains on 32 px crops like the default's, the U-Net costs about 4x per step), so
+# it is trained over several; every stage resumes from its cache.
+MID = WorldConfig(
+    name="mid", side=128, attribute_share=0.5,
+    reader=ReaderConfig(images=4000, seg_steps=1200, id_steps=1000, finetune_steps=300),
+    ae=AEConfig(images=3000, steps=2000, full_steps=150),
+    unet=UNetConfig(steps=8000),
+)
 # With a GPU: 128 px images (16x16 latents), a wider U-Net, more data and steps.
 GPU = WorldConfig(
     name="gpu", side=128, threads=8,
@@ -100,7 +110,7 @@ GPU = WorldConfig(
     unet=UNetConfig(images=60000, model_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, steps=60000,
                     batch=128, lr=2e-4, ema=0.9995),
 )
-CONFIGS = {"default": DEFAULT, "quick": QUICK, "small": SMALL, "gpu": GPU}
+CONFIGS = {"default": DEFAULT, "quick": QUICK, "small": SMALL, "mid": MID, "gpu": GPU}
 
 
 def get(name: str = "default", **overrides) -> WorldConfig:
