@@ -344,7 +344,8 @@ def run_bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", ste
             srv.stop()
             log_text = srv.log_path.read_text(errors="replace")
     res = {"split": split, "cases": cases, "seeds": seeds, "steps": steps, "cfg": cfg_scale, "weight": weight,
-           "window": list(window), "fill": fill, "sampler": "euler/normal", "world": f.dir.name, "time": clock.minutes(),
+           "window": list(window), "fill": fill, "sampler": "euler/normal", "world": f.dir.name,
+           "time": clock.minutes(),
            "variants": {n: {**t.summary(), "seconds_per_prompt": seconds[n] / max(1, cases)}
                         for n, t in tally.items()},
            "reader_on_references": {k: sum(r["reference_read"][k] for r in per_case) / max(1, cases)

@@ -100,7 +100,7 @@ MID = WorldConfig(
     name="mid", side=128, attribute_share=0.5,
     reader=ReaderConfig(images=4000, seg_steps=1200, id_steps=1000, finetune_steps=300),
     ae=AEConfig(images=3000, steps=2000, full_steps=150),
-    unet=UNetConfig(steps=8000, batch=16),  # a 16x16 latent holds 4x the 8x8 tokens: half the default batch is 2x its work
+    unet=UNetConfig(steps=8000, batch=16),  # 4x the tokens per image: half the default's batch, 2x its work
 )
 # With a GPU: 128 px images (16x16 latents), a wider U-Net, more data and steps.
 GPU = WorldConfig(
