@@ -14,7 +14,9 @@ import scenes
 
 STEPS = 3
 CALL_TOL = 1e-4    # one attention call, fused vs masked
-SAMPLE_TOL = 1e-3  # a whole sampling: per-call float32 differences pass through STEPS steps of the U-Net
+SAMPLE_RTOL = 2e-5  # a whole sampling, relative to the output's scale: per-call float32 differences pass
+                    # through STEPS steps of the U-Net (latents of the tiny models reach ~200, so an absolute
+                    # 1e-3 sat at the edge and failed on a different CPU by 5e-5)
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +110,11 @@ def test_every_fused_read_equals_the_masked_read_and_so_does_the_sampling(env, m
         _masked_only(env, m)
         masked_out = _sample(env, family, patched, cfg, batch)
     plain = _sample(env, family, env["models"][family][0], cfg, batch)
-    assert (fused_out - masked_out).abs().max().item() <= SAMPLE_TOL
-    assert (fused_out - plain).abs().max().item() > 1e-3  # and the read does change the image
+    tol = SAMPLE_RTOL * masked_out.abs().max().item()
+    gap = (fused_out - masked_out).abs().max().item()
+    assert gap <= tol, f"{setup}: fused vs masked sampling differ by {gap:.2e} (tolerance {tol:.2e})"
+    change = (fused_out - plain).abs().max().item()
+    assert change > 100 * tol, f"{setup}: the read changed the image by only {change:.2e}"
 
 
 def test_weight_zero_stays_exactly_plain_with_the_fused_path(env, monkeypatch):
