@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         g.add_argument("--quick", action="store_true", help="the CI smoke config")
         g.add_argument("--gpu", action="store_true", help="the larger config (uses CUDA when present)")
         g.add_argument("--small", action="store_true", help="a smaller model for experiments")
-        g.add_argument("--mid", action="store_true", help="128 px images (16x16 latents), about 110 min on 2 cores")
+        g.add_argument("--mid", action="store_true", help="128 px images (16x16 latents), about 112 min on 2 cores")
         s.set_defaults(fn=fn)
         return s
 

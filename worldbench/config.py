@@ -93,8 +93,8 @@ SMALL = WorldConfig(
     unet=UNetConfig(images=6000, steps=1500),
 )
 # 128 px images (16x16 latents: four times the default's subject tokens per attention layer) with the
-# default's model sizes and more captions that name the identity, for the CPU: about 110 min on 2 cores
-# (autoencoder 15, reader 13, latents 19, U-Net 8000 steps at 2.1/s 63), more than one 60 min sitting;
+# default's model sizes and more captions that name the identity, for the CPU: about 112 min on 2 cores
+# (autoencoder 15, reader 13, latents 19, U-Net 8000 steps at 2.1/s 65), more than one 60 min sitting;
 # every stage resumes from its cache, but only on the same machine.
 MID = WorldConfig(
     name="mid", side=128, attribute_share=0.5,
