@@ -486,3 +486,31 @@ def test_split_keeps_a_small_knob_when_the_body_is_clicked_off_its_middle():
     for cell in clicks:
         out = split_lookalikes(body, [cell], [], auto=True)
         assert out.sum() == body.sum(), (cell, int(body.sum() - out.sum()))
+
+
+def test_split_never_joins_across_a_border_an_outline_runs_along():
+    """Overlapping look-alikes have no neck, so the pass between their basins can be as high as the lower
+    hill (a join); a drawn outline along their border must still keep the neighbour out. ``_outlines``
+    scores a border by the median gradient along it over the region's median: a line along the whole
+    border scores far above ``OUTLINE``, texture that only peaks here and there along it does not."""
+    from p3s_core import split
+
+    rng = np.random.default_rng(0)
+    keep = np.ones((60, 80), bool)
+    basins = np.ones((60, 80), np.int32)
+    basins[:, 40:] = 2
+    texture = 1.0 + 0.3 * rng.random((60, 80))
+    outlined = texture.copy()
+    outlined[:, 39:41] = 12.0  # the outline between the two bodies
+    speckled = texture.copy()
+    speckled[::15, 39:41] = 12.0  # texture peaking here and there on the border, not a line along it
+    assert split._outlines(basins, outlined, keep, 3)[1, 2] > split.OUTLINE
+    assert split._outlines(basins, speckled, keep, 3)[1, 2] < split.OUTLINE
+    assert split._outlines(basins, texture, keep, 3)[1, 2] < 2.0
+    # A pass as high as the lower hill joins the neighbour, unless an outline runs along the border.
+    neck = np.zeros((3, 3))
+    neck[1, 2] = neck[2, 1] = 1.0
+    peak = np.array([0.0, 1.0, 1.0])
+    assert split._join(["pos", "other"], neck, peak, split.NECK) == {1, 2}
+    line = split._outlines(basins, outlined, keep, 3)
+    assert split._join(["pos", "other"], neck, peak, split.NECK, line) == {1}
