@@ -408,6 +408,12 @@ def test_bench_picks_the_best_training_free_variant_on_val_only(tmp_path, monkey
     assert bench.best_training_free(sweep, cfg)[0] == "cached"
     assert bench.best_training_free(test, cfg)[0] == "per_step"
     assert "not this run's settings" in bench.best_training_free({**test, "weight": 0.5}, cfg)[1]
+    # a val run at another weight keeps its own pick and leaves the weight-1 pick in place
+    val3 = {**val, "weight": 3.0, "variants": {**test["variants"], "cached": summary(1, 0, 1)}}
+    assert bench.best_training_free(val3, cfg)[0] == "cached"
+    assert bench.best_training_free(test, cfg) == (best, why)
+    assert bench.best_training_free({**test, "weight": 3.0}, cfg)[0] == "cached"
+    assert "weight 3.0: not this run's settings" in bench.best_training_free({**test, "weight": 2.0}, cfg)[1]
     # a run of adapters only names no training-free variant (not plain), and its last line says na
     only = {**run, "split": "test", "variants": {"adapter": summary(0.5, 0.1, 1)}}
     assert bench.best_training_free(only, cfg)[0] == "none"

@@ -20,7 +20,7 @@ latents from one seed (ComfyUI draws a different noise per batch item), the same
 so variants are compared on the same noise.
 
 The "best training-free" variant of the last line is picked on the ``val`` split (``--split val`` writes
-its pick into the world cache); a ``test`` run reads that pick and never tunes anything on its own cases.
+its pick into the world cache, one per steps / cfg / weight); a ``test`` run reads that pick and never tunes anything on its own cases.
 """
 from __future__ import annotations
 
@@ -355,26 +355,46 @@ def run_bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", ste
     return {"results": res, "grid": grid}
 
 
+def _settings(run: dict) -> str:
+    """The key of a val pick: the sampling settings a pick holds for (a pick made at weight 3 says nothing
+    about weight 1)."""
+    return f"steps={run['steps']} cfg={run['cfg']:g} weight={run['weight']:g}"
+
+
+def _read_picks(path: Path) -> tuple[dict[str, dict], str | None]:
+    """(settings key -> pick, the key written last) from the pick file; the one-pick format of earlier
+    versions reads as a single entry."""
+    if not path.is_file():
+        return {}, None
+    data = json.loads(path.read_text())
+    if "variant" in data:
+        return {_settings(data): data}, _settings(data)
+    return data.get("picks", {}), data.get("last")
+
+
 def best_training_free(res: dict, cfg: WorldConfig) -> tuple[str, str]:
-    """(variant, why): on ``val`` the best-scoring training-free variant (written to the cache); on any other
-    split the pick of an earlier ``val`` run, or the pack's default (cached with KSampler) if none."""
+    """(variant, why): on ``val`` the best-scoring training-free variant (stored in the cache under the run's
+    steps, cfg and weight, so a val run at other settings does not replace it); on any other split the val
+    pick made at the same settings, else the latest pick (said so), or the pack's default (cached) if none."""
     tf = [n for n in res["variants"] if n not in NOT_TRAINING_FREE and not n.startswith("adapter")]
     pick_path = files(cfg).dir / PICK_FILE
     if not tf:  # e.g. --variants adapter: there is nothing to name, and plain is not a P3S mode
         return "none", "no training-free variant in this run (--variants)"
+    picks, last = _read_picks(pick_path)
     if res["split"] == "val" and len(tf) >= 2:  # a val run of one training-free variant (a sweep) picks nothing
         pick_path.parent.mkdir(parents=True, exist_ok=True)
         best = max(tf, key=lambda n: pick_score(res["variants"][n]))
-        pick_path.write_text(json.dumps({"variant": best, "cases": res["cases"], "seeds": res["seeds"],
-                                         "steps": res["steps"], "cfg": res["cfg"], "weight": res["weight"]}))
+        key = _settings(res)
+        picks[key] = {"variant": best, "cases": res["cases"], "seeds": res["seeds"],
+                      "steps": res["steps"], "cfg": res["cfg"], "weight": res["weight"]}
+        pick_path.write_text(json.dumps({"picks": picks, "last": key}, indent=1))
         return best, f"best of {len(tf)} training-free variants on this val run"
-    if pick_path.is_file():
-        pick = json.loads(pick_path.read_text())
-        if pick["variant"] in res["variants"]:
-            same = all(pick[k] == res[k] for k in ("steps", "cfg", "weight"))
-            return pick["variant"], (f"picked on val ({pick['cases']} cases x {pick['seeds']} seeds"
-                                     + (")" if same else f", at steps {pick['steps']} cfg {pick['cfg']} weight "
-                                                         f"{pick['weight']}: not this run's settings)"))
+    pick = picks.get(_settings(res)) or (picks.get(last) if last else None)
+    if pick and pick["variant"] in res["variants"]:
+        same = all(pick[k] == res[k] for k in ("steps", "cfg", "weight"))
+        return pick["variant"], (f"picked on val ({pick['cases']} cases x {pick['seeds']} seeds"
+                                 + (")" if same else f", at steps {pick['steps']} cfg {pick['cfg']} weight "
+                                                     f"{pick['weight']}: not this run's settings)"))
     return (DEFAULT_VARIANT if DEFAULT_VARIANT in res["variants"] else tf[0]), \
         "the pack's default (no val pick in the cache)"
 
