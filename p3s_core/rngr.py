@@ -132,17 +132,19 @@ def _regions_at(mask: np.ndarray, cells: list[tuple[int, int]]) -> np.ndarray:
     return fill_holes(np.isin(lab, list(ids))) if ids else np.zeros_like(mask)
 
 
-def _similar_region(x: torch.Tensor, lab: torch.Tensor, features, pts: PointSet, grid: int):
+def _similar_region(x: torch.Tensor, lab: torch.Tensor, features, pts: PointSet, grid: int,
+                    cells: list[tuple[int, int]]):
     """Steps 1-3: (score [gh, gw] on the patch grid, subject-like pixels [h, w] at the working resolution,
-    the region of them under the positive points)."""
+    the region of them under the positive points' working-resolution ``cells``)."""
     h, w = x.shape[-2:]
     feats = _feature_grid(x, lab, features, grid)
     score = similarity_map(feats, pts.positive, pts.negative, pts.width, pts.height, builtin=features is None)
     score = gaussian_blur(score[None, None], 1.0)
-    up = F.interpolate(score, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
-    t0 = otsu_threshold(torch.from_numpy(up).flatten())
+    up = F.interpolate(score, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    t0 = otsu_threshold(up.flatten())
+    up = up.numpy()
     alike = up > t0
-    pos = [p for p in pts.to_grid(h, w)[0] if alike[p]]
+    pos = [p for p in cells if alike[p]]
     region = _regions_at(alike, pos)
     if pos:
         tight = _stable_level(up, t0, pos, region)
@@ -245,8 +247,8 @@ def select_subject(
     check_image(img, x)
     h, w = x.shape[-2:]
     lab = rgb_to_lab(x)
-    score, alike, region = _similar_region(x, lab, features, pts, GRID)
     pos, neg = pts.to_grid(h, w)
+    score, alike, region = _similar_region(x, lab, features, pts, GRID, pos)
     region = _subject_region(lab, region, pos, neg, split_touching)
     radius = dilation * max(h, w)
     expanded = grow(region, radius)

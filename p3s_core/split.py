@@ -77,10 +77,9 @@ def gradient(lab: torch.Tensor) -> np.ndarray:
     return (gx * gx + gy * gy).sum(1)[0].sqrt().numpy()
 
 
-def edge_strength(lab: torch.Tensor | None, region: np.ndarray, mag: np.ndarray | None = None) -> np.ndarray:
-    """[h, w] 0..1: colour gradient magnitude of ``lab`` [1, 3, h, w] (or the given ``mag``), relative to
-    its typical strength inside ``region`` (the 90th percentile), so texture inside a subject stays well below 1."""
-    mag = gradient(lab) if mag is None else mag
+def edge_strength(mag: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """[h, w] 0..1: the colour gradient magnitude ``mag`` (``gradient``) relative to its typical strength
+    inside ``region`` (the 90th percentile), so texture inside a subject stays well below 1."""
     ref = np.percentile(mag[region], 90) if region.any() else 0.0
     return np.clip(mag / max(ref * 2.0, 1e-6), 0, 1)
 
@@ -271,7 +270,7 @@ def split_lookalikes(region: np.ndarray, pos: list[Cell], neg: list[Cell], auto:
     if not pos:
         return np.zeros_like(region)
     mag = None if lab is None else gradient(lab[:, :, crop[0], crop[1]])
-    land = _landscape(keep, None if mag is None else edge_strength(None, keep, mag))
+    land = _landscape(keep, None if mag is None else edge_strength(mag, keep))
     height = max(_height(land, p) for p in pos)
     others = _other_bodies(land, [_top(land, p) for p in pos], height) if auto else []
     far = _far_parts(_landscape(keep, None), pos) if auto else np.zeros(keep.shape, bool)

@@ -20,7 +20,8 @@ latents from one seed (ComfyUI draws a different noise per batch item), the same
 so variants are compared on the same noise.
 
 The "best training-free" variant of the last line is picked on the ``val`` split (``--split val`` writes
-its pick into the world cache, one per steps / cfg / weight); a ``test`` run reads that pick and never tunes anything on its own cases.
+its pick into the world cache, one per steps / cfg / weight); a ``test`` run reads the pick made at its
+own settings and never tunes anything on its own cases.
 """
 from __future__ import annotations
 
