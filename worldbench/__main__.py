@@ -149,7 +149,7 @@ def cmd_bench(a) -> None:
                       tuple(a.acl_weights), only, Path(a.out) if a.out else None,
                       Path(a.json) if a.json else None, a.threads, a.adapter_read_rank, a.adapter_weighting,
                       a.adapter_mode, a.adapter_lr, a.adapter_read_gain, (a.start_percent, a.end_percent),
-                      a.adapter_subject_attn, a.fill)
+                      a.adapter_subject_attn, a.fill, a.adapter_rank)
     print(f"== transfer benchmark: {cfg.name} world ({res['world']}), split {a.split}, {a.cases} cases x "
           f"{a.seeds} samples, {a.steps} steps euler/normal, cfg {a.cfg}, weight {a.weight}"
           + (f", P3S from {a.start_percent:g} to {a.end_percent:g}" if (a.start_percent, a.end_percent) != (0, 1) else "")
@@ -198,6 +198,7 @@ def _bench_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--adapter-data", type=int, default=600, help="train-split pairs exported for the adapters")
     s.add_argument("--acl-weights", type=float, nargs="+", default=[0.0, 100.0],
                    help="ACL weights of the adapters; the last one is the 'adapter' of the last line")
+    s.add_argument("--adapter-rank", type=int, default=8, help="the adapters' --rank")
     s.add_argument("--adapter-read-rank", type=int, default=None,
                    help="the adapters' --read-rank (default: the trainer's; 0: reference-side deltas only)")
     s.add_argument("--adapter-weighting", choices=("eps", "v", "x0"), default=None,

@@ -457,7 +457,8 @@ def bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", steps: 
           only: tuple[str, ...] = (), out: Path | None = None, json_out: Path | None = None,
           threads: int | None = None, read_rank: int | None = None, weighting: str | None = None,
           mode: str | None = None, adapter_lr: float = 1e-3, read_gain: bool | None = None,
-          window: tuple[float, float] = (0.0, 1.0), subject_attn: int | None = None, fill: str = "blur") -> dict:
+          window: tuple[float, float] = (0.0, 1.0), subject_attn: int | None = None, fill: str = "blur",
+          rank: int = 8) -> dict:
     """The whole benchmark: adapters (if ``adapter_steps``), every variant, the table, the grid, the last line."""
     if not files(cfg).ready():
         raise SystemExit(f"worldbench: the world model {files(cfg).dir} is not trained: run "
@@ -468,7 +469,7 @@ def bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", steps: 
     clock = Clock()
     adapters = train_adapters(cfg, adapter_steps, tuple(acl_weights), adapter_data, threads=threads,
                               read_rank=read_rank, weighting=weighting, mode=mode, lr=adapter_lr,
-                              read_gain=read_gain, subject_attn=subject_attn) \
+                              read_gain=read_gain, subject_attn=subject_attn, rank=rank) \
         if adapter_steps > 0 else {}
     adapter_time = clock.minutes()
     run = run_bench(cfg, cases, seeds, split, steps, cfg_scale, weight, adapters, only, threads=threads,
