@@ -377,6 +377,11 @@ def test_transfer_bench_end_to_end_through_a_real_server(tmp_path, quick_world):
             want = float(got_of(name, m)) - float(got_of("plain", m))
             assert p == {"diff": want, "ci95": [want, want]}, (name, m, p)
     assert res["paired_table"].count("\n") == len(names)
+    # the one case is drawable or not by named's one sample; every variant's clicked lands on that side
+    side, empty = ("drawable", "other") if got_of("named", "clicked") else ("other", "drawable")
+    assert res["drawable"]["cases"] == int(got_of("named", "clicked")) and res["drawable"]["of"] == 1
+    for name in names:
+        assert res["drawable"]["variants"][name] == {side: float(got_of(name, "clicked")), empty: None}, name
     from p3s_core.training import TrainConfig
     assert bench.adapter_mode(f.dir / "adapters" / res["adapters"]["adapter"]) == TrainConfig.reference_mode
     # same seed for every variant: the constant preset at weight_high 1 is exactly P3S Apply + KSampler, and
@@ -454,6 +459,36 @@ def test_paired_difference_is_matched_by_case():
     assert paired_difference(rows, "absent") is None
     text = paired_table({"variants": {"plain": {}, "lifted": {}, "same": {}}, "per_case": rows}, metrics=("clicked",))
     assert text.count("\n") == 3 and "| same | +0.00 [+0.00, +0.00] |" in text
+
+
+def test_drawable_split_and_merging_runs_of_the_same_cases():
+    """Cases where "named" draws the identity in at least half its samples are counted apart from the others, per
+    variant; runs of the same cases merge side by side (a labelled run's variants renamed, plain kept once), and
+    runs of other cases or settings are refused with what differs."""
+    from worldbench.paired import drawable_split, drawable_table, merge_runs
+    def run(rates: dict, **kw) -> dict:
+        rows = [{"case": i, "variants": {n: [{"clicked": j < round(4 * r[i])} for j in range(4)] for n, r in rates.items()}}
+                for i in range(4)]
+        return {"split": "test", "cases": 4, "seeds": 4, "steps": 20, "cfg": 6.0, "world": "w", **kw,
+                "variants": {n: {} for n in rates}, "per_case": rows}
+    a = run({"plain": [0, 0.25, 0, 0], "named": [1, 0.5, 0.25, 0]})
+    b = run({"plain": [0, 0.25, 0, 0], "adapter": [0.75, 0.25, 0.5, 0.5]})
+    c = run({"plain": [0, 0.25, 0, 0], "adapter": [0, 0, 0, 0]})
+    m = merge_runs([a, b, c], [None, None, "other"])
+    assert list(m["variants"]) == ["plain", "named", "adapter", "adapter_other"]
+    d = drawable_split(m)
+    assert d["cases"] == 2 and d["of"] == 4  # named 1 and 0.5: drawable; 0.25 and 0: not
+    assert d["variants"]["adapter"] == {"drawable": pytest.approx(0.5), "other": pytest.approx(0.5)}
+    assert d["variants"]["named"] == {"drawable": pytest.approx(0.75), "other": pytest.approx(0.125)}
+    assert d["variants"]["adapter_other"]["drawable"] == 0.0
+    assert "| adapter | 0.50 | 0.50 |" in drawable_table(m)
+    assert drawable_split(b) is None and drawable_table(b) == ""  # no named: nothing to split by
+    with pytest.raises(ValueError, match="differ in seeds"):
+        merge_runs([a, run({"plain": [0, 0, 0, 0]}, seeds=2)])
+    other = run({"plain": [0, 0, 0, 0]})
+    other["per_case"][0]["case"] = 9
+    with pytest.raises(ValueError, match="different cases"):
+        merge_runs([a, other])
 
 
 def test_adapter_file_names_hold_every_setting():

@@ -11,6 +11,7 @@
     python -m worldbench files [--quick | --gpu]        # where the trained files are
     python -m worldbench bench [--quick] --cases N --seeds K [--split val|test] [--adapter-steps S] --out GRID.png
                                                         # the transfer benchmark through a real ComfyUI server
+    python -m worldbench merge RUN.json RUN.json=LABEL  # bench runs of the same cases side by side (--json)
 """
 from __future__ import annotations
 
@@ -165,8 +166,28 @@ def cmd_bench(a) -> None:
         print(f"grid: {res['grid']['path']} (columns: {' | '.join(res['grid']['columns'])})")
     print(f"run time: {(time.time() - t0) / 60:.1f} min wall (adapters {res['adapter_training_time']['wall_minutes']:.1f}"
           f" min), {res['threads']} thread(s), load average {res['load_average']:.1f}")
+    if res.get("drawable_table"):
+        print("== clicked where the world model draws the identity when the prompt names it (named >= 0.5 on the case)")
+        print(res["drawable_table"])
     print(f"best training-free variant: {res['best_training_free']} ({res['best_why']})")
     print(res["last_line"])
+
+
+def cmd_merge(a) -> None:
+    from .bench import table
+    from .paired import drawable_table, merge_runs, paired_table
+    paths, labels = zip(*[(f.split("=", 1) + [None])[:2] for f in a.runs])
+    res = merge_runs([json.loads(Path(f).read_text()) for f in paths], list(labels))
+    print(f"== {len(a.runs)} runs merged: split {res['split']}, world {res['world']}")
+    print(table(res))
+    for title, text in (("against plain on the same cases and seeds (95 % bootstrap over cases)", paired_table(res)),
+                        ("clicked where the world model draws the identity when the prompt names it "
+                         "(named >= 0.5 on the case)", drawable_table(res))):
+        if text:
+            print("== " + title)
+            print(text)
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=1, default=float))
 
 
 def cmd_noise_levels(a) -> None:
@@ -262,6 +283,10 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("adapters", nargs="*", help="adapter files to compare with plain and training-free injection")
     add("files", cmd_files)
     _bench_args(add("bench", cmd_bench))
+    s = sub.add_parser("merge", help="bench runs of the same cases and seeds side by side")
+    s.add_argument("runs", nargs="+", help="bench --json files; FILE=LABEL names that run's variants VARIANT_LABEL")
+    s.add_argument("--json", default=None, help="the merged run as JSON")
+    s.set_defaults(fn=cmd_merge)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     a.fn(a)

@@ -41,7 +41,7 @@ from . import world
 from .config import WorldConfig
 from .pipeline import Clock, files, load_reader
 from .progress import progress
-from .paired import paired_difference, paired_table
+from .paired import drawable_split, drawable_table, paired_difference, paired_table
 from .quality import wilson
 
 log = logging.getLogger("P3S")
@@ -482,9 +482,11 @@ def bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", steps: 
         res["grid"] = {"path": str(out), "columns": save_grid(run["grid"], Path(out), best)}
     res["paired"] = {n: {m: paired_difference(res["per_case"], n, "plain", m) for m in ("clicked", "leak")}
                      for n in res["variants"] if n != "plain" and "plain" in res["variants"]}
+    res["drawable"] = drawable_split(res)
     if json_out is not None:
         Path(json_out).write_text(json.dumps(res, indent=1, default=float))
     res["table"] = table(res)
+    res["drawable_table"] = drawable_table(res)
     res["paired_table"] = paired_table(res)
     res["last_line"] = last_line(res, best)
     return res

@@ -1,4 +1,5 @@
-"""Paired differences between variants of one benchmark run (same cases, same seeds).
+"""Paired differences between variants of one benchmark run (same cases, same seeds), the split into cases the
+world model can draw and the others, and merging runs of the same cases.
 
 Every variant of a run samples the same cases with the same seeds, so a variant's share minus plain's is
 measured on matched samples: the seed decides much of a sample (its colour, its layout), and the paired
@@ -48,3 +49,64 @@ def paired_table(res: dict, base: str = "plain", metrics: tuple[str, ...] = ("cl
             cells.append("na" if p is None else f"{p['diff']:+.2f} [{p['ci95'][0]:+.2f}, {p['ci95'][1]:+.2f}]")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+DRAWABLE = 0.5  # a case is drawable when "named" gets the clicked identity in at least this share of its samples
+
+
+def drawable_split(res: dict, by: str = "named", at: float = DRAWABLE) -> dict | None:
+    """Every variant's clicked share on the cases the world model can draw (``by``, the identity written into
+    the prompt, gets it in at least ``at`` of the case's samples) and on the others: this parts what the world
+    model cannot draw from what the method does not carry. None when the run lacks ``by``."""
+    per_case = res.get("per_case") or []
+    ok = per_case_means(per_case, by, "clicked")
+    if ok is None:
+        return None
+    ok = ok >= at
+    out = {"cases": int(ok.sum()), "of": len(ok), "variants": {}}
+    for name in res["variants"]:
+        m = per_case_means(per_case, name, "clicked")
+        if m is not None:
+            out["variants"][name] = {"drawable": float(m[ok].mean()) if ok.any() else None,
+                                     "other": float(m[~ok].mean()) if (~ok).any() else None}
+    return out
+
+
+def drawable_table(res: dict, by: str = "named") -> str:
+    """Markdown of :func:`drawable_split` (empty when the run lacks ``by``)."""
+    d = drawable_split(res, by)
+    if d is None:
+        return ""
+    f = lambda v: "na" if v is None else f"{v:.2f}"  # noqa: E731
+    lines = [f"| variant | clicked on the {d['cases']} drawable cases | on the other {d['of'] - d['cases']} |",
+             "|---|---|---|"]
+    lines += [f"| {n} | {f(v['drawable'])} | {f(v['other'])} |" for n, v in d["variants"].items()]
+    return "\n".join(lines)
+
+
+def merge_runs(runs: list[dict], labels: list[str | None] | None = None) -> dict:
+    """One run from several of the same split, cases, seeds, steps, cfg and world (their variants side by side;
+    a variant in more than one run keeps the first run's samples, unless its run has a label: then every variant
+    of that run but plain is named ``variant_label``). Every variant samples a case with the same seeds, so
+    variants from separate runs pair as if they had shared one."""
+    labels = labels or [None] * len(runs)
+    keys = ("split", "cases", "seeds", "steps", "cfg", "world")
+    first = runs[0]
+    for r in runs[1:]:
+        diff = [k for k in keys if r.get(k) != first.get(k)]
+        if diff:
+            raise ValueError(f"worldbench merge: the runs differ in {', '.join(diff)} "
+                             f"({', '.join(f'{k}={first.get(k)!r} vs {r.get(k)!r}' for k in diff)}): "
+                             "merge only runs of the same split, cases, seeds, steps, cfg and world")
+    variants, rows = {}, [dict(row, variants={}) for row in first["per_case"]]
+    for r, label in zip(runs, labels):
+        if [row.get("case") for row in r["per_case"]] != [row.get("case") for row in rows]:
+            raise ValueError("worldbench merge: the runs hold different cases: merge only runs of the same cases")
+        for name, s in r["variants"].items():
+            new = f"{name}_{label}" if label and name != "plain" else name
+            if new in variants:
+                continue
+            variants[new] = s
+            for row, theirs in zip(rows, r["per_case"]):
+                row["variants"][new] = theirs["variants"][name]
+    return {**{k: first.get(k) for k in keys}, "variants": variants, "per_case": rows}
