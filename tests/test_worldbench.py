@@ -491,6 +491,19 @@ def test_drawable_split_and_merging_runs_of_the_same_cases():
         merge_runs([a, other])
 
 
+def test_a_benchmark_adapter_resumes_from_its_newest_checkpoint(tmp_path):
+    """Long benchmark trainings write checkpoints; the next run with the same settings finds the newest one of
+    that adapter (zero-padded steps sort right), never another adapter's."""
+    from worldbench.bench import CHECKPOINT_EVERY, latest_checkpoint
+    adapter = tmp_path / "world_adapter_acl100_s6400_b4_r8_q8_v_cached_n2400.safetensors"
+    assert latest_checkpoint(adapter) is None
+    for step in (200, 1000, 4200):
+        (tmp_path / f"{adapter.stem}.step{step:06d}.pt").write_bytes(b"x")
+    (tmp_path / "world_adapter_acl100_s800_b4_r8_q8_v_cached_n2400.step009000.pt").write_bytes(b"x")
+    assert latest_checkpoint(adapter).name == f"{adapter.stem}.step004200.pt"
+    assert 0 < CHECKPOINT_EVERY <= 500
+
+
 def test_adapter_file_names_hold_every_setting():
     """Adapters with different settings never share a cache file; files named before lr was a setting keep their
     names."""

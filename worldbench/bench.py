@@ -201,6 +201,18 @@ def adapter_file_name(acl: float, steps: int, batch: int, rank: int, read_rank: 
     return f"world_adapter_acl{acl:g}_s{steps}_b{batch}_r{rank}_{tag}_n{count}.safetensors"
 
 
+# A benchmark adapter on the mid world trains for an hour or more on 2 CPU cores: it writes a checkpoint this
+# often, and a later run with the same settings resumes from the newest one (a killed or timed-out session
+# loses at most this many steps).
+CHECKPOINT_EVERY = 200
+
+
+def latest_checkpoint(adapter: Path) -> Path | None:
+    """The newest ``NAME.stepNNNNNN.pt`` the trainer wrote next to the adapter file ``adapter``, or None."""
+    found = sorted(adapter.parent.glob(f"{adapter.stem}.step*.pt"))
+    return found[-1] if found else None
+
+
 def train_adapters(cfg: WorldConfig, steps: int, acl_weights: tuple[float, ...], count: int, batch: int = 4,
                    lr: float = 1e-3, rank: int = 8, threads: int = 1, read_rank: int | None = None,
                    weighting: str | None = None, mode: str | None = None, read_gain: bool | None = None,
@@ -227,20 +239,26 @@ def train_adapters(cfg: WorldConfig, steps: int, acl_weights: tuple[float, ...],
                                                             read_gain, subject_attn)
         if not path.is_file():
             path.parent.mkdir(exist_ok=True)
+            resume = latest_checkpoint(path)
             cmd = [sys.executable, str(REPO / "scripts" / "train_adapter.py"), "--custom-node", str(REGISTRAR),
                    "--checkpoint", str(f.checkpoint), "--clip-vision", str(f.clip_vision), "--data", str(data),
                    "--output", str(path), "--resolution", str(cfg.side), "--cpu", "--steps", str(steps),
                    "--batch-size", str(batch), "--lr", str(lr), "--rank", str(rank), "--acl-weight", f"{w:g}",
                    "--read-rank", str(read_rank), "--loss-weighting", weighting, "--reference-mode", mode,
                    "--read-gain", str(int(read_gain)), "--subject-attn", str(subject_attn),
-                   "--checkpoint-every", "0", "--no-progress"]
-            log.info("worldbench: training an adapter (ACL weight %g, %d steps)", w, steps)
+                   "--checkpoint-every", str(CHECKPOINT_EVERY), "--no-progress"] \
+                + (["--resume", str(resume)] if resume else [])
+            log.info("worldbench: training an adapter (ACL weight %g, %d steps%s)", w, steps,
+                     f", resumed from {resume.name}" if resume else "")
             t0 = time.time()
             run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=thread_env(threads))
             if run.returncode != 0 or not path.is_file():
                 raise RuntimeError(f"adapter training failed ({run.returncode}):\n{run.stdout[-3000:]}"
                                    f"\n{run.stderr[-3000:]}")
+            for old in path.parent.glob(f"{path.stem}.step*.pt"):  # done: the adapter file replaces them
+                old.unlink()
             (path.with_suffix(".json")).write_text(json.dumps({"minutes": (time.time() - t0) / 60, "cmd": cmd[1:],
+                                                               "resumed_from": resume.name if resume else None,
                                                                **loss_terms(run.stdout + run.stderr)}, indent=1))
         out["adapter" if w == acl_weights[-1] else f"adapter_acl{w:g}"] = path
     return out
