@@ -382,6 +382,9 @@ def test_transfer_bench_end_to_end_through_a_real_server(tmp_path, quick_world):
     assert res["drawable"]["cases"] == int(got_of("named", "clicked")) and res["drawable"]["of"] == 1
     for name in names:
         assert res["drawable"]["variants"][name] == {side: float(got_of(name, "clicked")), empty: None}, name
+        read = got_of(name, "read")  # the reading behind the scores, kept for confusion tables
+        assert (read is None) == (not got_of(name, "found")) and (read is None or len(read) == 4)
+        assert read is None or got_of(name, "clicked") == ((read[0], read[1]) == tuple(row["identity"][:2]))
     from p3s_core.training import TrainConfig
     assert bench.adapter_mode(f.dir / "adapters" / res["adapters"]["adapter"]) == TrainConfig.reference_mode
     # same seed for every variant: the constant preset at weight_high 1 is exactly P3S Apply + KSampler, and
@@ -483,6 +486,14 @@ def test_drawable_split_and_merging_runs_of_the_same_cases():
     assert d["variants"]["adapter_other"]["drawable"] == 0.0
     assert "| adapter | 0.50 | 0.50 |" in drawable_table(m)
     assert drawable_split(b) is None and drawable_table(b) == ""  # no named: nothing to split by
+    from worldbench.paired import colour_confusion, confusion_table
+    assert colour_confusion(b, "adapter") == {}  # runs without readings
+    for row, read in zip(b["per_case"], ("red", "red", None, "pink")):
+        row["identity"] = ["dog", "purple" if row["case"] % 2 else "red", "plain", "black"]
+        for sample in row["variants"]["adapter"]:
+            sample["read"] = None if read is None else ["dog", read, "plain", "black"]
+    assert colour_confusion(b, "adapter") == {"red": {"red": 4, "none": 4}, "purple": {"red": 4, "pink": 4}}
+    assert "| purple | 8 | red 0.50, pink 0.50 |" in confusion_table(b, "adapter")
     with pytest.raises(ValueError, match="differ in seeds"):
         merge_runs([a, run({"plain": [0, 0, 0, 0]}, seeds=2)])
     other = run({"plain": [0, 0, 0, 0]})

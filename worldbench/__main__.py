@@ -175,7 +175,7 @@ def cmd_bench(a) -> None:
 
 def cmd_merge(a) -> None:
     from .bench import table
-    from .paired import drawable_table, merge_runs, paired_table
+    from .paired import confusion_table, drawable_table, merge_runs, paired_table
     paths, labels = zip(*[(f.split("=", 1) + [None])[:2] for f in a.runs])
     res = merge_runs([json.loads(Path(f).read_text()) for f in paths], list(labels))
     print(f"== {len(a.runs)} runs merged: split {res['split']}, world {res['world']}")
@@ -185,6 +185,11 @@ def cmd_merge(a) -> None:
                          "(named >= 0.5 on the case)", drawable_table(res))):
         if text:
             print("== " + title)
+            print(text)
+    for name in a.confusion or []:
+        text = confusion_table(res, name)
+        print(f"== colour read per clicked colour: {name}" if text else f"== {name}: the runs hold no readings")
+        if text:
             print(text)
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1, default=float))
@@ -286,6 +291,8 @@ def main(argv: list[str] | None = None) -> None:
     s = sub.add_parser("merge", help="bench runs of the same cases and seeds side by side")
     s.add_argument("runs", nargs="+", help="bench --json files; FILE=LABEL names that run's variants VARIANT_LABEL")
     s.add_argument("--json", default=None, help="the merged run as JSON")
+    s.add_argument("--confusion", nargs="*", metavar="VARIANT",
+                   help="also the colours read per clicked colour for these variants (runs of session 11 on)")
     s.set_defaults(fn=cmd_merge)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

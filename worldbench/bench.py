@@ -168,10 +168,11 @@ class Tally:
                "leak": m is not None and any((m.cls, m.colour) == (o.cls, o.colour) for o in case.lookalikes),
                "clicked_full": m is not None and m.identity == case.identity,
                "leak_full": m is not None and m.identity in case.lookalikes,
-               "class": m is not None and m.cls == case.identity.cls}
+               "class": m is not None and m.cls == case.identity.cls,
+               "read": None if m is None else list(m.identity.key)}  # what was read: for confusion tables
         self.n += 1
-        for k, v in got.items():
-            self.hits[k] += bool(v)
+        for k in METRICS:
+            self.hits[k] += bool(got[k])
         return got
 
     def summary(self) -> dict:

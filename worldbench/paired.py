@@ -110,3 +110,30 @@ def merge_runs(runs: list[dict], labels: list[str | None] | None = None) -> dict
             for row, theirs in zip(rows, r["per_case"]):
                 row["variants"][new] = theirs["variants"][name]
     return {**{k: first.get(k) for k in keys}, "variants": variants, "per_case": rows}
+
+
+def colour_confusion(res: dict, variant: str) -> dict[str, dict[str, int]]:
+    """{clicked colour: {colour read on the main subject ("none": no subject found): samples}} for ``variant``
+    (runs from before the readings were stored give {})."""
+    out: dict[str, dict[str, int]] = {}
+    for row in res.get("per_case") or []:
+        for sample in row["variants"].get(variant, []):
+            if "read" not in sample:
+                return {}
+            got = "none" if sample["read"] is None else sample["read"][1]
+            counts = out.setdefault(row["identity"][1], {})
+            counts[got] = counts.get(got, 0) + 1
+    return out
+
+
+def confusion_table(res: dict, variant: str) -> str:
+    """Markdown of :func:`colour_confusion` (empty when the run holds no readings)."""
+    conf = colour_confusion(res, variant)
+    if not conf:
+        return ""
+    lines = [f"| clicked colour ({variant}) | n | colours read, most first |", "|---|---|---|"]
+    for colour, counts in sorted(conf.items()):
+        n = sum(counts.values())
+        read = ", ".join(f"{c} {k / n:.2f}" for c, k in sorted(counts.items(), key=lambda kv: -kv[1]))
+        lines.append(f"| {colour} | {n} | {read} |")
+    return "\n".join(lines)
