@@ -468,7 +468,7 @@ def test_drawable_split_and_merging_runs_of_the_same_cases():
     """Cases where "named" draws the identity in at least half its samples are counted apart from the others, per
     variant; runs of the same cases merge side by side (a labelled run's variants renamed, plain kept once), and
     runs of other cases or settings are refused with what differs."""
-    from worldbench.paired import drawable_split, drawable_table, merge_runs
+    from worldbench.breakdown import drawable_split, drawable_table, merge_runs
     def run(rates: dict, **kw) -> dict:
         rows = [{"case": i, "variants": {n: [{"clicked": j < round(4 * r[i])} for j in range(4)] for n, r in rates.items()}}
                 for i in range(4)]
@@ -486,7 +486,7 @@ def test_drawable_split_and_merging_runs_of_the_same_cases():
     assert d["variants"]["adapter_other"]["drawable"] == 0.0
     assert "| adapter | 0.50 | 0.50 |" in drawable_table(m)
     assert drawable_split(b) is None and drawable_table(b) == ""  # no named: nothing to split by
-    from worldbench.paired import colour_confusion, confusion_table
+    from worldbench.breakdown import colour_confusion, confusion_table
     assert colour_confusion(b, "adapter") == {}  # runs without readings
     for row, read in zip(b["per_case"], ("red", "red", None, "pink")):
         row["identity"] = ["dog", "purple" if row["case"] % 2 else "red", "plain", "black"]

@@ -175,7 +175,8 @@ def cmd_bench(a) -> None:
 
 def cmd_merge(a) -> None:
     from .bench import table
-    from .paired import confusion_table, drawable_table, merge_runs, paired_table
+    from .breakdown import confusion_table, drawable_table, merge_runs
+    from .paired import paired_table
     paths, labels = zip(*[(f.split("=", 1) + [None])[:2] for f in a.runs])
     res = merge_runs([json.loads(Path(f).read_text()) for f in paths], list(labels))
     print(f"== {len(a.runs)} runs merged: split {res['split']}, world {res['world']}")

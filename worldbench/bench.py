@@ -38,10 +38,11 @@ from pathlib import Path
 import numpy as np
 
 from . import world
+from .breakdown import drawable_split, drawable_table
 from .config import WorldConfig
 from .pipeline import Clock, files, load_reader
 from .progress import progress
-from .paired import drawable_split, drawable_table, paired_difference, paired_table
+from .paired import paired_difference, paired_table
 from .quality import wilson
 
 log = logging.getLogger("P3S")
