@@ -484,8 +484,8 @@ def test_drawable_split_and_merging_runs_of_the_same_cases():
     assert d["variants"]["adapter"] == {"drawable": pytest.approx(0.5), "other": pytest.approx(0.5)}
     assert d["variants"]["named"] == {"drawable": pytest.approx(0.75), "other": pytest.approx(0.125)}
     assert d["variants"]["adapter_other"]["drawable"] == 0.0
-    assert "| adapter | 0.50 | 0.50 |" in drawable_table(m)
-    assert drawable_split(b) is None and drawable_table(b) == ""  # no named: nothing to split by
+    assert "| adapter | 0.50 | 0.50 |" in drawable_table(d)
+    assert drawable_split(b) is None and drawable_table(None) == ""  # no named: nothing to split by
     from worldbench.breakdown import colour_confusion, confusion_table
     assert colour_confusion(b, "adapter") == {}  # runs without readings
     for row, read in zip(b["per_case"], ("red", "red", None, "pink")):
@@ -502,17 +502,46 @@ def test_drawable_split_and_merging_runs_of_the_same_cases():
         merge_runs([a, other])
 
 
-def test_a_benchmark_adapter_resumes_from_its_newest_checkpoint(tmp_path):
-    """Long benchmark trainings write checkpoints; the next run with the same settings finds the newest one of
-    that adapter (zero-padded steps sort right), never another adapter's."""
-    from worldbench.bench import CHECKPOINT_EVERY, latest_checkpoint
-    adapter = tmp_path / "world_adapter_acl100_s6400_b4_r8_q8_v_cached_n2400.safetensors"
-    assert latest_checkpoint(adapter) is None
-    for step in (200, 1000, 4200):
-        (tmp_path / f"{adapter.stem}.step{step:06d}.pt").write_bytes(b"x")
-    (tmp_path / "world_adapter_acl100_s800_b4_r8_q8_v_cached_n2400.step009000.pt").write_bytes(b"x")
-    assert latest_checkpoint(adapter).name == f"{adapter.stem}.step004200.pt"
-    assert 0 < CHECKPOINT_EVERY <= 500
+def test_a_benchmark_adapter_resumes_from_its_newest_checkpoint(quick_world, monkeypatch):
+    """Long benchmark trainings write checkpoints; the next run with the same settings hands the trainer the newest
+    checkpoint of that adapter (zero-padded steps sort right; never another adapter's), and once the adapter file
+    exists its checkpoints are removed and its JSON names where it resumed. The trainer itself is replaced by a
+    stand-in that records its command line and writes the adapter file."""
+    import subprocess
+
+    from worldbench import bench
+    cfg, f = quick_world
+    steps = 7  # a setting no other test trains, so the cache holds no such adapter
+    adapter = f.dir / "adapters" / bench.adapter_file_name(100, steps, 4, 8, 8, "v", "cached", 1e-3, 8)
+    adapter.parent.mkdir(exist_ok=True)
+    for old in adapter.parent.glob(adapter.stem + "*"):
+        old.unlink()
+    assert bench.latest_checkpoint(adapter) is None
+    for step in (2, 4, 6):
+        (adapter.parent / f"{adapter.stem}.step{step:06d}.pt").write_bytes(b"x")
+    other = adapter.parent / bench.adapter_file_name(100, 800, 4, 8, 8, "v", "cached", 1e-3, 8).replace(
+        ".safetensors", ".step009000.pt")
+    other.write_bytes(b"x")
+    seen = []
+
+    def trainer(cmd, **kw):
+        seen.append(cmd)
+        adapter.write_bytes(b"stand-in")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+    monkeypatch.setattr(bench.subprocess, "run", trainer)
+    try:
+        got = bench.train_adapters(cfg, steps, (100.0,), 8, read_rank=8, weighting="v", mode="cached")
+        assert got == {"adapter": adapter}
+        cmd = seen[0]
+        assert cmd[cmd.index("--resume") + 1] == str(adapter.parent / f"{adapter.stem}.step000006.pt")
+        assert cmd[cmd.index("--checkpoint-every") + 1] == str(bench.CHECKPOINT_EVERY)
+        assert not list(adapter.parent.glob(f"{adapter.stem}.step*.pt")) and other.is_file()
+        assert json.loads(adapter.with_suffix(".json").read_text())["resumed_from"] == f"{adapter.stem}.step000006.pt"
+        bench.train_adapters(cfg, steps, (100.0,), 8, read_rank=8, weighting="v", mode="cached")
+        assert len(seen) == 1  # the adapter exists now: nothing is trained again
+    finally:
+        for old in [*adapter.parent.glob(adapter.stem + "*"), other]:
+            old.unlink(missing_ok=True)
 
 
 def test_adapter_file_names_hold_every_setting():

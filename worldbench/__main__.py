@@ -175,7 +175,7 @@ def cmd_bench(a) -> None:
 
 def cmd_merge(a) -> None:
     from .bench import table
-    from .breakdown import confusion_table, drawable_table, merge_runs
+    from .breakdown import confusion_table, drawable_split, drawable_table, merge_runs
     from .paired import paired_table
     paths, labels = zip(*[(f.split("=", 1) + [None])[:2] for f in a.runs])
     res = merge_runs([json.loads(Path(f).read_text()) for f in paths], list(labels))
@@ -183,7 +183,7 @@ def cmd_merge(a) -> None:
     print(table(res))
     for title, text in (("against plain on the same cases and seeds (95 % bootstrap over cases)", paired_table(res)),
                         ("clicked where the world model draws the identity when the prompt names it "
-                         "(named >= 0.5 on the case)", drawable_table(res))):
+                         "(named >= 0.5 on the case)", drawable_table(drawable_split(res)))):
         if text:
             print("== " + title)
             print(text)

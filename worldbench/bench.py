@@ -506,7 +506,7 @@ def bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", steps: 
     if json_out is not None:
         Path(json_out).write_text(json.dumps(res, indent=1, default=float))
     res["table"] = table(res)
-    res["drawable_table"] = drawable_table(res)
+    res["drawable_table"] = drawable_table(res["drawable"])
     res["paired_table"] = paired_table(res)
     res["last_line"] = last_line(res, best)
     return res

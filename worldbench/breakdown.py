@@ -27,9 +27,8 @@ def drawable_split(res: dict, by: str = "named", at: float = DRAWABLE) -> dict |
     return out
 
 
-def drawable_table(res: dict, by: str = "named") -> str:
-    """Markdown of :func:`drawable_split` (empty when the run lacks ``by``)."""
-    d = drawable_split(res, by)
+def drawable_table(d: dict | None) -> str:
+    """Markdown of a :func:`drawable_split` result (empty for None: the run lacks named)."""
     if d is None:
         return ""
     f = lambda v: "na" if v is None else f"{v:.2f}"  # noqa: E731
