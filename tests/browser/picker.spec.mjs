@@ -101,6 +101,29 @@ async function runMode(context, mode) {
   };
   const at = (box, x, y) => [box.x + (x / IMG_W) * box.width, box.y + (y / IMG_H) * box.height];
   const value = async () => JSON.parse(await page.evaluate(() => window.p3sPointsValue()));
+  // The frontend's change tracker: its queue lengths, whether it is restoring a state, and whether the state it
+  // holds as current equals the graph (false: a change not yet recorded, or one made behind its back).
+  const tracker = () => page.evaluate(() => {
+    const t = window.p3sTracker();
+    if (!t) return null;
+    const now = JSON.parse(JSON.stringify(window.p3sGraph().serialize()));
+    const equal = t.constructor?.graphEqual ? t.constructor.graphEqual(t.activeState, now) : null;
+    const diff = [];
+    const walk = (a, b, path) => {
+      if (diff.length > 8) return;
+      if (typeof a !== typeof b || a === null || b === null || typeof a !== "object") {
+        if (JSON.stringify(a) !== JSON.stringify(b)) {
+          const m = /^\.nodes\.(\d+)\./.exec(path);
+          diff.push([path, m ? now.nodes[+m[1]].type : null, JSON.stringify(a)?.slice(0, 200), JSON.stringify(b)?.slice(0, 200)]);
+        }
+        return;
+      }
+      for (const k of new Set([...Object.keys(a), ...Object.keys(b)])) walk(a[k], b[k], path + "." + k);
+    };
+    if (!equal) walk(t.activeState, now, "");
+    return { undo: t.undoQueue?.length ?? null, redo: t.redoQueue?.length ?? null,
+      restoring: !!(t._restoringState ?? t.restoringState), equal, diff };
+  });
   const clickEmpty = async () => { await page.mouse.click(...EMPTY); await page.waitForTimeout(250); };
 
   // Each section records its own error and the next ones still run, so one regression fails its own tests only.
@@ -298,27 +321,40 @@ async function runMode(context, mode) {
       await page.waitForTimeout(150);
       return countOf(await value());
     };
+    // Until the tracker holds the graph as its current state and is not restoring one: a key pressed before that
+    // undoes or redoes the wrong state. Fixed waits flaked in CI on a loaded machine.
+    const settled = () => page.waitForFunction(() => {
+      const t = window.p3sTracker();
+      if (!t || (t._restoringState ?? t.restoringState)) return false;
+      const now = JSON.parse(JSON.stringify(window.p3sGraph().serialize()));
+      return !t.constructor?.graphEqual || t.constructor.graphEqual(t.activeState, now);
+    }, null, { timeout: 4000 }).then(() => true, () => false);
     const u = (out.history_undo = {});
+    u.tracker = [];
+    const track = async (label, ok) => u.tracker.push([label, ok, await tracker()]);
+    // The run made the PreviewImage node grow to show its image. Let the tracker record that first (a click on
+    // empty canvas), or undo restores the node's old size, the frontend regrows it, and the next mouse or key
+    // event records that as a new change, which empties the redo queue (the frontend's doing, not the widget's).
+    await clickEmpty();
+    await settled();
     u.n0 = countOf(await value());
     u.n1 = await clickAt(0.5);
     await clickEmpty();
-    await page.waitForTimeout(300);
+    await track("click1", await settled());
     await page.keyboard.press("Control+z");
     u.undone = await waitCount(u.n0);
-    await page.waitForTimeout(500);
+    await track("undo1", await settled());
     u.afterUndo = await pickerInfo();
     await shot("after_undo");
     u.n2 = await clickAt(0.25);
     await clickEmpty();
-    // The frontend's change tracker records a state after the input settles; a key pressed before that
-    // undoes or redoes the wrong state (seen once in CI under load), so each key waits for it.
-    await page.waitForTimeout(300);
+    await track("click2", await settled());
     await page.keyboard.press("Control+z"); // back to n0
     await waitCount(u.n0);
-    await page.waitForTimeout(300);
+    await track("undo2", await settled());
     await page.keyboard.press("Control+y"); // redo: n0 + 1 again
     u.redone = await waitCount(u.n0 + 1);
-    await page.waitForTimeout(500);
+    await track("redo", await settled());
     u.afterRedo = await pickerInfo();
     u.n3 = await clickAt(0.75);
   });
