@@ -46,6 +46,9 @@ window.p3sGraph = () => window.app.rootGraph ?? window.app.graph;
 window.p3sPickerNode = () => window.p3sGraph().nodes.find((x) => x.type === "P3SPointPicker");
 window.p3sPointsValue = () => window.p3sPickerNode()?.widgets.find((w) => w.name === "points")?.value;
 window.p3sTracker = () => window.app.extensionManager?.workflow?.activeWorkflow?.changeTracker;
+// Whether the tracker's current state equals the graph (null: this frontend has no static graphEqual to ask).
+window.p3sTrackerEqual = (t) => t.constructor?.graphEqual
+  ? t.constructor.graphEqual(t.activeState, JSON.parse(JSON.stringify(window.p3sGraph().serialize()))) : null;
 `;
 
 async function runMode(context, mode) {
@@ -106,8 +109,8 @@ async function runMode(context, mode) {
   const tracker = () => page.evaluate(() => {
     const t = window.p3sTracker();
     if (!t) return null;
-    const now = JSON.parse(JSON.stringify(window.p3sGraph().serialize()));
-    const equal = t.constructor?.graphEqual ? t.constructor.graphEqual(t.activeState, now) : null;
+    const equal = window.p3sTrackerEqual(t);
+    const now = equal ? null : JSON.parse(JSON.stringify(window.p3sGraph().serialize()));
     const diff = [];
     const walk = (a, b, path) => {
       if (diff.length >= 8) return;
@@ -327,9 +330,7 @@ async function runMode(context, mode) {
     const settled = () => page.waitForFunction(() => {
       const t = window.p3sTracker();
       if (!t || (t._restoringState ?? t.restoringState)) return false;
-      if (!t.constructor?.graphEqual) return "no graphEqual";
-      const now = JSON.parse(JSON.stringify(window.p3sGraph().serialize()));
-      return t.constructor.graphEqual(t.activeState, now);
+      return window.p3sTrackerEqual(t) ?? "no graphEqual";
     }, null, { timeout: 4000 }).then(async (h) => {
       const v = await h.jsonValue();
       if (v !== true) await page.waitForTimeout(500);
