@@ -57,18 +57,39 @@ def attention_consistency_loss(maps_with: Sequence[torch.Tensor],
     return torch.stack(per_layer).mean()
 
 
+def subject_pixel_weights(mask: torch.Tensor, extra: float) -> torch.Tensor:
+    """Per-pixel loss weights ``1 + extra * mask`` ([B, 1, h, w] from a [B, h, w] or [B, 1, h, w] mask in
+    0..1), scaled to mean 1 in each sample: the subject's pixels count more, the loss keeps its size."""
+    extra = float(extra)
+    if not math.isfinite(extra) or extra < 0:
+        raise ValueError(f"P3S: subject loss weight must be finite and >= 0, got {extra}")
+    m = mask.float()
+    if m.ndim == 3:
+        m = m[:, None]
+    w = 1.0 + extra * m.clamp(0.0, 1.0)
+    return w / w.mean(dim=tuple(range(1, w.ndim)), keepdim=True)
+
+
 def diffusion_loss(pred: torch.Tensor, target: torch.Tensor,
-                   weight: torch.Tensor | None = None) -> torch.Tensor:
+                   weight: torch.Tensor | None = None, pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
     """MSE between prediction and target (float32).
 
     ``weight`` of shape [B]: per-sample weights, loss = mean_b(w_b * mse_b).
     ``weight`` with pred's number of dims (broadcastable, e.g. a [B, 1, H, W] mask): weighted mean
     sum(w * se) / sum(w); an all-zero mask gives 0 (with gradient graph intact).
+    ``pixel_weight`` ([B, 1, H, W], e.g. from ``subject_pixel_weights``) multiplies the squared error
+    before either; with per-sample mean 1 it moves the loss within an image, not its size.
     """
     if pred.shape != target.shape:
         raise ValueError(f"P3S: diffusion_loss: prediction {tuple(pred.shape)} and target "
                          f"{tuple(target.shape)} differ in shape")
     se = (pred.float() - target.float()).pow(2)
+    if pixel_weight is not None:
+        pw = pixel_weight.to(device=se.device, dtype=se.dtype)
+        if pw.ndim != se.ndim or pw.shape[0] != se.shape[0] or pw.shape[2:] != se.shape[2:]:
+            raise ValueError(f"P3S: diffusion_loss: pixel weights {tuple(pw.shape)} do not match the "
+                             f"prediction {tuple(se.shape)} (expected [B, 1, H, W])")
+        se = se * pw
     if weight is None:
         return se.mean()
     w = weight.to(device=se.device, dtype=se.dtype)

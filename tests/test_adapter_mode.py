@@ -385,6 +385,28 @@ def test_paired_references_train_on_the_tiny_model(env):
                if n.startswith("xattn.") and n.endswith("to_out.weight")) > 0
 
 
+def test_subject_loss_weight_trains_on_the_real_backend(env):
+    """--subject-loss-weight: the backend hands the targets' subject masks at latent size to the loss (the same
+    seed, batch and noise give another step-1 loss), the file records the weight, and paired targets without
+    masks/<stem>.png are refused before step 1."""
+    base = dict(steps=2, checkpoint_every=0)
+    plain = env.training.train(env.backend, env.dataset, _config(env, **base), None, progress=False)
+    out = env.tmp / "subject_loss.safetensors"
+    weighted = env.training.train(env.backend, env.dataset, _config(env, subject_loss_weight=8.0, **base), out,
+                                  progress=False)
+    assert all(math.isfinite(h["loss"]) for h in weighted.history)
+    assert weighted.history[0]["loss"] != pytest.approx(plain.history[0]["loss"], rel=1e-4)
+    from safetensors import safe_open
+    with safe_open(str(out), "pt") as f:
+        assert float(f.metadata()["p3s_subject_loss_weight"]) == 8.0
+    pairs = env.training.SubjectDataset(_write_pairs(env.tmp / "pairs_no_masks", range(40, 42)), SIDE)
+    with pytest.raises(ValueError, match=r"needs the subject's mask in every target, and 2 paired image\(s\) "
+                                         r"have none \(masks/pair40.png, masks/pair41.png\)"):
+        env.training.train(env.backend, pairs, _config(env, subject_loss_weight=8.0, **base),
+                           env.tmp / "refused.safetensors", progress=False)
+    assert not (env.tmp / "refused.safetensors").exists()
+
+
 # ---- (e) refusals ----------------------------------------------------------------------------------------
 def _unpatched(e, model, before):
     patch = e.host.pack("nodes.patch")

@@ -535,6 +535,7 @@ def test_a_benchmark_adapter_resumes_from_its_newest_checkpoint(quick_world, mon
         cmd = seen[0]
         assert cmd[cmd.index("--resume") + 1] == str(adapter.parent / f"{adapter.stem}.step000006.pt")
         assert cmd[cmd.index("--checkpoint-every") + 1] == str(bench.CHECKPOINT_EVERY)
+        assert cmd[cmd.index("--subject-loss-weight") + 1] == "0"  # the trainer's default, passed on
         assert not list(adapter.parent.glob(f"{adapter.stem}.step*.pt")) and other.is_file()
         assert json.loads(adapter.with_suffix(".json").read_text())["resumed_from"] == f"{adapter.stem}.step000006.pt"
         bench.train_adapters(cfg, steps, (100.0,), 8, read_rank=8, weighting="v", mode="cached")
@@ -559,6 +560,8 @@ def test_adapter_file_names_hold_every_setting():
     assert base not in others and len(others) == 6
     assert "_lr0.005_" in adapter_file_name(100, 1200, 4, 8, 8, "v", "cached", 5e-3, 600)
     assert adapter_file_name(100, 1200, 4, 8, 8, "v", "cached", 1e-3, 600, read_gain=True).endswith("_cached_g_n600.safetensors")
+    assert adapter_file_name(100, 1200, 4, 8, 8, "v", "cached", 1e-3, 600, subject_loss=8.0).endswith(
+        "_cached_m8_n600.safetensors")
 
 
 def test_noise_levels_diagnostic_rows(quick_world, tmp_path):

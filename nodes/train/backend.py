@@ -131,7 +131,9 @@ class ComfyBackend:
             run.clear()
         s = sigma.view(-1, *([1] * (x.ndim - 1)))
         pred = (x.float() - denoised.float()) / s  # eps from the denoised output (EPS and V models alike)
-        return ForwardOutput(pred, noise, maps_with, maps_without, sigma)
+        subject = (F.interpolate(batch.target_masks[:, None].float(), size=target.shape[-2:], mode="area")[:, 0]
+                   .to(self.device) if batch.target_masks is not None else None)
+        return ForwardOutput(pred, noise, maps_with, maps_without, sigma, subject)
 
     def close(self) -> None:
         """Remove the attention recorders from the U-Net."""

@@ -73,6 +73,9 @@ class Batch:
     images: torch.Tensor           # [B, S, S, 3] targets
     subjects: torch.Tensor         # [B, S, S, 3] subject-only references
     masks: torch.Tensor            # [B, S, S] selections (in the references)
+    # [B, S, S] the subject's instance masks in the targets (None when a target has none): where
+    # --subject-loss-weight puts the loss
+    target_masks: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.stems)
@@ -84,6 +87,10 @@ def make_batch(dataset, indices: Sequence[int], generator: torch.Generator, *, t
     samples = [dataset[int(i)] for i in indices]
     refs = [prepare_reference(s, generator, features=features_fn(s.source.image) if features_fn else None,
                               points_range=points_range, min_depth=min_depth, fill=fill) for s in samples]
+    # a target that is its own reference and has clicks only: its selection is its subject mask
+    targets = [s.mask if s.mask is not None else (r.mask if s.reference is None else None)
+               for s, r in zip(samples, refs)]
     return Batch([s.stem for s in samples], [template.format(caption=s.caption) for s in samples],
                  torch.stack([s.image for s in samples]), torch.stack([r.subject for r in refs]),
-                 torch.stack([r.mask for r in refs]))
+                 torch.stack([r.mask for r in refs]),
+                 torch.stack([m.float() for m in targets]) if all(m is not None for m in targets) else None)

@@ -34,6 +34,9 @@ class TrainConfig:
     loss_weighting: str = _opt("v", "diffusion loss weighting over noise levels: eps (plain eps MSE), v (x (1 + "
                                     "sigma^2): the v-prediction loss, which weights the high-noise steps where the "
                                     "subject's identity is decided), x0 (x sigma^2)", choices=LOSS_WEIGHTINGS)
+    subject_loss_weight: float = _opt(0.0, "extra diffusion-loss weight on the subject's pixels in the target: "
+                                           "each pixel counts 1 + W x its subject mask (masks/<stem>.png), "
+                                           "scaled so every image's loss keeps its size (0: every pixel alike)")
     reference_mode: str = _opt("cached", "the reference pass while training, as P3S Apply's reference_mode: cached "
                                          "(the clean reference, at the lowest noise level) or per_step (noised "
                                          "to each step's level)", choices=REFERENCE_MODES)
@@ -71,6 +74,8 @@ class TrainConfig:
                              f"got {self.loss_weighting!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"P3S: --lr must be > 0, got {self.lr}")
+        if not (self.subject_loss_weight >= 0 and math.isfinite(self.subject_loss_weight)):
+            raise ValueError(f"P3S: --subject-loss-weight must be >= 0 (0: off), got {self.subject_loss_weight}")
         if not (self.acl_weight >= 0 and math.isfinite(self.acl_weight)):
             raise ValueError(f"P3S: --acl-weight must be >= 0, got {self.acl_weight}")
         if self.precision not in PRECISIONS:

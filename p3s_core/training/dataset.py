@@ -190,6 +190,12 @@ class SubjectDataset:
             out.append(f"neither masks/{stem}.png nor points/{stem}.json")
         return out
 
+    def targets_without_masks(self) -> list[str]:
+        """Stems whose target has no subject mask: paired images without masks/<stem>.png (an unpaired
+        image without one selects its subject with its clicks, which then stand for its mask)."""
+        return [p.stem for p in self.images
+                if p.stem in self.references and not (self.root / "masks" / f"{p.stem}.png").is_file()]
+
     def unreadable(self, skip: set[str] = frozenset()) -> list[str]:
         """Read every sample as training will; one line per bad file (the stems in ``skip`` are not read)."""
         out = []

@@ -18,7 +18,7 @@ from typing import Any, Callable, Protocol
 import torch
 
 from ..adapter import AdapterSpec, P3SAdapter, save_adapter
-from ..losses import attention_consistency_loss, diffusion_loss, total_loss
+from ..losses import attention_consistency_loss, diffusion_loss, subject_pixel_weights, total_loss
 from .batches import Batch, make_batch
 from .checkpoints import checkpoint_path, load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -37,6 +37,7 @@ class ForwardOutput:
     maps_with: list[torch.Tensor] = field(default_factory=list)     # attn2 probs, injection on
     maps_without: list[torch.Tensor] = field(default_factory=list)  # attn2 probs, no injection (no grad)
     sigma: torch.Tensor | None = None      # [B] noise level of each sample (for the loss weighting)
+    subject: torch.Tensor | None = None    # [B, h, w] the target's subject mask at pred's size (0..1)
 
 
 class Backend(Protocol):
@@ -63,11 +64,17 @@ def noise_weights(sigma: torch.Tensor | None, weighting: str) -> torch.Tensor | 
     return 1.0 + s2 if weighting == "v" else s2
 
 
-def compute_loss(out: ForwardOutput, acl_weight: float, weighting: str = "eps"
+def compute_loss(out: ForwardOutput, acl_weight: float, weighting: str = "eps", subject_weight: float = 0.0
                  ) -> tuple[torch.Tensor, dict[str, float]]:
-    """L = L_diffusion (weighted over noise levels) + lambda * ACL, and the parts as floats for logging
-    (acl NaN when not recorded)."""
-    diff = diffusion_loss(out.pred, out.target, noise_weights(out.sigma, weighting))
+    """L = L_diffusion (weighted over noise levels, and ``1 + subject_weight`` on the subject's pixels) +
+    lambda * ACL, and the parts as floats for logging (acl NaN when not recorded)."""
+    pixel = None
+    if subject_weight > 0:
+        if out.subject is None:
+            raise ValueError("P3S: --subject-loss-weight needs the subject's mask in every target "
+                             "(masks/<stem>.png); this batch has a target without one")
+        pixel = subject_pixel_weights(out.subject, subject_weight)
+    diff = diffusion_loss(out.pred, out.target, noise_weights(out.sigma, weighting), pixel)
     acl = attention_consistency_loss(out.maps_with, out.maps_without) if out.maps_with else None
     loss = total_loss(diff, acl, acl_weight)
     return loss, {"loss": float(loss.detach()), "diffusion": float(diff.detach()),
@@ -142,6 +149,7 @@ def _finish(adapter: P3SAdapter, history: list[dict], output: Path, step: int, c
     meta = {"p3s_steps": step, "p3s_acl_weight": config.acl_weight, "p3s_lr": config.lr,
             "p3s_batch_size": config.batch_size, "p3s_seed": config.seed,
             "p3s_reference_mode": config.reference_mode, "p3s_loss_weighting": config.loss_weighting,
+            "p3s_subject_loss_weight": config.subject_loss_weight,
             **(extra_metadata or {})}
     if history:
         meta["p3s_final_loss"] = f"{history[-1]['loss']:.6g}"
@@ -206,12 +214,22 @@ def _train_step(backend, adapter: P3SAdapter, stepper: _Stepper, dataset, config
     and ``stop`` > 0 when any process was asked to stop (one collective for both)."""
     out = backend.forward(adapter, draw_batch(backend, dataset, config, generator), generator,
                           record_acl=config.acl_weight > 0)
-    loss, parts = compute_loss(out, config.acl_weight, config.loss_weighting)
+    loss, parts = compute_loss(out, config.acl_weight, config.loss_weighting, config.subject_loss_weight)
     if not math.isfinite(parts["loss"]):
         raise ValueError(f"P3S: training diverged at step {step + 1} (loss {parts['loss']}): lower --lr, "
                          "or use --precision bf16/fp32 instead of fp16")
     stepper.step(loss)
     return stepper.dist.mean({**parts, "stop": float(stop.requested is not None)}, backend.device)
+
+
+def _check_target_masks(dataset) -> None:
+    """--subject-loss-weight reads each target's subject mask: refuse, before step 1, a dataset that lacks one."""
+    missing = dataset.targets_without_masks() if hasattr(dataset, "targets_without_masks") else []
+    if missing:
+        shown = ", ".join(f"masks/{stem}.png" for stem in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise ValueError(f"P3S: --subject-loss-weight > 0 needs the subject's mask in every target, and "
+                         f"{len(missing)} paired image(s) have none ({shown}): add those masks (white = the "
+                         "subject in images/<stem>), or train with --subject-loss-weight 0")
 
 
 def _report(bar, parts: dict[str, float], step: int, total: int, quiet: bool) -> None:
@@ -255,6 +273,8 @@ def train(backend, dataset, config: TrainConfig, output: str | os.PathLike | Non
     ``TrainingInterrupted`` is raised (the command line turns it into exit status 130).
     """
     config.validate()
+    if config.subject_loss_weight > 0:
+        _check_target_masks(dataset)
     dist = dist or DistContext()
     output = Path(output) if output is not None else None
     writes = output is not None and dist.is_main

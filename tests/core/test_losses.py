@@ -143,3 +143,43 @@ def test_train_config_refuses_unknown_modes_and_weightings():
     with pytest.raises(ValueError, match="--read-rank must be >= 0"):
         TrainConfig(read_rank=-2).validate()
     TrainConfig(read_rank=0, loss_weighting="x0", reference_mode="per_step").validate()
+
+
+def test_subject_loss_weight_moves_the_loss_onto_the_subject_and_keeps_its_size():
+    """--subject-loss-weight W: each pixel counts 1 + W x its subject mask, scaled to mean 1 per image, so the
+    same error counts (1 + W) times more on the subject than beside it, and a uniform error keeps its loss."""
+    from p3s_core.losses import subject_pixel_weights
+    from p3s_core.training import ForwardOutput, compute_loss
+    mask = torch.zeros(2, 4, 4)
+    mask[0, :2, :2] = 1.0   # a quarter of image 0 is the subject
+    mask[1, :, :1] = 0.5    # image 1: a half-covered column (an edge cell after the area resize)
+    w = subject_pixel_weights(mask, 8.0)
+    assert w.shape == (2, 1, 4, 4)
+    assert torch.allclose(w.mean(dim=(1, 2, 3)), torch.ones(2))
+    assert w[0, 0, 0, 0] / w[0, 0, 3, 3] == pytest.approx(9.0)
+    assert w[1, 0, 0, 0] / w[1, 0, 0, 3] == pytest.approx(5.0)
+    target = torch.zeros(2, 3, 4, 4)
+    sigma = torch.tensor([1.0, 2.0])
+    uniform = ForwardOutput(torch.ones(2, 3, 4, 4), target, sigma=sigma, subject=mask)
+    plain = compute_loss(uniform, 0.0, "v")[0].item()
+    assert compute_loss(uniform, 0.0, "v", subject_weight=8.0)[0].item() == pytest.approx(plain, rel=1e-6)
+    on_subject = torch.zeros(2, 3, 4, 4)
+    on_subject[0, :, 0, 0] = 1.0
+    beside = torch.zeros(2, 3, 4, 4)
+    beside[0, :, 3, 3] = 1.0
+    l_on = compute_loss(ForwardOutput(on_subject, target, sigma=sigma, subject=mask), 0.0, "v", 8.0)[0].item()
+    l_beside = compute_loss(ForwardOutput(beside, target, sigma=sigma, subject=mask), 0.0, "v", 8.0)[0].item()
+    assert l_on / l_beside == pytest.approx(9.0, rel=1e-5)
+    # W = 0 is the loss as before, bit for bit, with or without a mask
+    assert compute_loss(ForwardOutput(on_subject, target, sigma=sigma, subject=mask), 0.0, "v", 0.0)[0].item() == \
+        compute_loss(ForwardOutput(on_subject, target, sigma=sigma), 0.0, "v")[0].item()
+    with pytest.raises(ValueError, match="--subject-loss-weight needs the subject's mask in every target"):
+        compute_loss(ForwardOutput(on_subject, target, sigma=sigma), 0.0, "v", 8.0)
+    with pytest.raises(ValueError, match="subject loss weight must be finite and >= 0, got -1"):
+        subject_pixel_weights(mask, -1.0)
+    with pytest.raises(ValueError, match=r"pixel weights \(2, 1, 2, 2\) do not match the prediction"):
+        from p3s_core.losses import diffusion_loss
+        diffusion_loss(on_subject, target, pixel_weight=torch.ones(2, 1, 2, 2))
+    from p3s_core.training import TrainConfig
+    with pytest.raises(ValueError, match=r"--subject-loss-weight must be >= 0 \(0: off\), got -2"):
+        TrainConfig(subject_loss_weight=-2.0).validate()

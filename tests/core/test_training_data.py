@@ -80,6 +80,39 @@ def test_without_references_the_target_is_its_own_reference(tmp_path):
     assert sample.source.image is sample.image and sample.source.mask is sample.mask
 
 
+def test_batches_carry_the_targets_subject_masks_where_the_loss_weight_reads_them(tmp_path):
+    """A target's instance mask, or (an unpaired target clicked only) its selection; a paired target without
+    masks/<stem>.png has none, and --subject-loss-weight refuses such a dataset before step 1."""
+    from p3s_core.training import make_batch, train
+    g = torch.Generator().manual_seed(0)
+    unpaired = SubjectDataset(_dataset(tmp_path / "u", paired=False), SIDE)
+    batch = make_batch(unpaired, [0], g, fill="flat")
+    assert torch.equal(batch.target_masks[0], unpaired[0].mask)
+    paired = SubjectDataset(_dataset(tmp_path / "p"), SIDE)
+    assert paired.targets_without_masks() == ["a"]
+    assert make_batch(paired, [0], g, fill="flat").target_masks is None
+    with pytest.raises(ValueError, match=r"--subject-loss-weight > 0 needs the subject's mask in every target, "
+                                         r"and 1 paired image\(s\) have none \(masks/a.png\): add those masks"):
+        train(None, paired, TrainConfig(subject_loss_weight=4.0), tmp_path / "never.safetensors")
+    assert not (tmp_path / "never.safetensors").exists()
+    _, target_mask = _scene(SIDE, 2, (200, 120, 60))
+    _png(tmp_path / "p" / "masks" / "a.png", target_mask)
+    paired = SubjectDataset(tmp_path / "p", SIDE)
+    assert paired.targets_without_masks() == []
+    batch = make_batch(paired, [0], g, fill="flat")
+    assert torch.equal(batch.target_masks[0], paired[0].mask)
+    assert not torch.equal(batch.target_masks[0], batch.masks[0])  # the target's subject, not the reference's
+    clicked = tmp_path / "c"
+    _dataset(clicked, paired=False)
+    (clicked / "masks" / "a.png").unlink()
+    (clicked / "points").mkdir()
+    (clicked / "points" / "a.json").write_text(json.dumps(
+        {"width": SIDE, "height": SIDE, "positive": [{"x": 6, "y": 16}], "negative": []}))
+    batch = make_batch(SubjectDataset(clicked, SIDE), [0], g, fill="flat")
+    assert torch.equal(batch.target_masks[0], batch.masks[0])  # clicks only: the selection stands for the mask
+    assert batch.target_masks[0].sum() > 0
+
+
 @pytest.mark.parametrize("ref_mask,match", [
     ("missing", r"(?s)^P3S: dataset .*references/a.png has neither reference_masks/a.png nor reference_points/a.json"),
     ("wrong_size", r"(?s)^P3S: dataset .*reference_masks/a.png is 32x32 but references/a.png is 64x64"),
