@@ -502,6 +502,34 @@ def test_drawable_split_and_merging_runs_of_the_same_cases():
         merge_runs([a, other])
 
 
+def test_merge_compares_two_adapters_on_the_same_samples(tmp_path, capsys):
+    """``merge A.json B.json=LABEL --against VARIANT --metrics ...``: the paired table compares every variant with
+    the one named (not only with plain) on any recorded metric; an unknown metric or variant is refused by name."""
+    from worldbench.__main__ import main
+    from worldbench.bench import METRICS
+
+    def run(rates: dict) -> dict:  # rates: variant -> per case (clicked share, prompt share) over 4 samples
+        rows = [{"case": i, "variants": {n: [{"clicked": j < round(4 * r[i][0]), "prompt": j < round(4 * r[i][1])}
+                                             for j in range(4)] for n, r in rates.items()}} for i in range(4)]
+        return {"split": "val", "cases": 4, "seeds": 4, "steps": 20, "cfg": 6.0, "world": "w",
+                "variants": {n: {"n": 16, **{m: {"share": 0.0, "ci95": [0.0, 1.0]} for m in METRICS}} for n in rates},
+                "per_case": rows}
+    a = run({"plain": [(0, 1)] * 4, "adapter": [(0.5, 1), (0.5, 1), (0.5, 0.5), (0.5, 0.5)]})
+    b = run({"plain": [(0, 1)] * 4, "adapter": [(0.5, 1), (0.5, 1), (0.5, 1), (0.5, 1)]})
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    main(["merge", str(tmp_path / "a.json"), f"{tmp_path / 'b.json'}=acl", "--against", "adapter",
+          "--metrics", "clicked,prompt"])
+    out = capsys.readouterr().out
+    assert "== against adapter on the same cases and seeds" in out
+    assert "| adapter_acl | +0.00 [+0.00, +0.00] | +0.25 [+0.00, +0.50] |" in out  # the prompt won back on 2 cases
+    assert "| plain | -0.50 [-0.50, -0.50] | +0.25 [+0.00, +0.50] |" in out
+    with pytest.raises(SystemExit, match="--metrics 'clicked,sharpness': sharpness not among clicked, leak"):
+        main(["merge", str(tmp_path / "a.json"), "--metrics", "clicked,sharpness"])
+    with pytest.raises(SystemExit, match="--against 'adapter_x' is not a variant of the merged runs: plain, adapter"):
+        main(["merge", str(tmp_path / "a.json"), "--against", "adapter_x"])
+
+
 def test_a_benchmark_adapter_resumes_from_its_newest_checkpoint(quick_world, monkeypatch):
     """Long benchmark trainings write checkpoints; the next run with the same settings hands the trainer the newest
     checkpoint of that adapter (zero-padded steps sort right; never another adapter's), and once the adapter file

@@ -178,10 +178,20 @@ def cmd_merge(a) -> None:
     from .breakdown import confusion_table, drawable_split, drawable_table, merge_runs
     from .paired import paired_table
     paths, labels = zip(*[(f.split("=", 1) + [None])[:2] for f in a.runs])
+    from .bench import METRICS
     res = merge_runs([json.loads(Path(f).read_text()) for f in paths], list(labels))
+    metrics = tuple(m for m in a.metrics.split(",") if m)
+    bad = [m for m in metrics if m not in METRICS]
+    if bad or not metrics:
+        raise SystemExit(f"worldbench merge: --metrics {a.metrics!r}: {', '.join(bad) or 'none given'} not among "
+                         f"{', '.join(METRICS)}")
+    if a.against not in res["variants"]:
+        raise SystemExit(f"worldbench merge: --against {a.against!r} is not a variant of the merged runs: "
+                         f"{', '.join(res['variants'])}")
     print(f"== {len(a.runs)} runs merged: split {res['split']}, world {res['world']}")
     print(table(res))
-    for title, text in (("against plain on the same cases and seeds (95 % bootstrap over cases)", paired_table(res)),
+    for title, text in ((f"against {a.against} on the same cases and seeds (95 % bootstrap over cases)",
+                         paired_table(res, a.against, metrics)),
                         ("clicked where the world model draws the identity when the prompt names it "
                          "(named >= 0.5 on the case)", drawable_table(drawable_split(res)))):
         if text:
@@ -294,6 +304,10 @@ def main(argv: list[str] | None = None) -> None:
     s = sub.add_parser("merge", help="bench runs of the same cases and seeds side by side")
     s.add_argument("runs", nargs="+", help="bench --json files; FILE=LABEL names that run's variants VARIANT_LABEL")
     s.add_argument("--json", default=None, help="the merged run as JSON")
+    s.add_argument("--against", default="plain", metavar="VARIANT",
+                   help="the variant every other one is compared with on the same samples (default plain)")
+    s.add_argument("--metrics", default="clicked,leak",
+                   help="comma-separated metrics of the paired table, e.g. clicked,leak,prompt,class")
     s.add_argument("--confusion", nargs="*", metavar="VARIANT",
                    help="also the colours read per clicked colour for these variants (runs of session 11 on)")
     s.set_defaults(fn=cmd_merge)
