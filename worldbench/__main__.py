@@ -174,11 +174,10 @@ def cmd_bench(a) -> None:
 
 
 def cmd_merge(a) -> None:
-    from .bench import table
+    from .bench import METRICS, table
     from .breakdown import confusion_table, drawable_split, drawable_table, merge_runs
     from .paired import paired_table
     paths, labels = zip(*[(f.split("=", 1) + [None])[:2] for f in a.runs])
-    from .bench import METRICS
     res = merge_runs([json.loads(Path(f).read_text()) for f in paths], list(labels))
     metrics = tuple(m for m in a.metrics.split(",") if m)
     bad = [m for m in metrics if m not in METRICS]
