@@ -530,6 +530,40 @@ def test_merge_compares_two_adapters_on_the_same_samples(tmp_path, capsys):
         main(["merge", str(tmp_path / "a.json"), "--against", "adapter_x"])
 
 
+def test_the_weight_pick_follows_the_score_breaks_ties_low_and_refuses_a_lost_class(tmp_path, capsys):
+    """``worldbench pick``: the highest clicked - leak + prompt among val runs at several weights, a tie (as
+    printed) to the lower weight, and no weight whose class share falls more than 0.05 below plain's."""
+    from worldbench.__main__ import main
+    from worldbench.bench import METRICS
+
+    def run(weight: float, clicked: float, leak: float, cls: float, split: str = "val") -> Path:
+        def summary(**got):
+            return {"n": 120, **{m: {"share": got.get(m, 1.0), "ci95": [0.0, 1.0]} for m in METRICS}}
+        path = tmp_path / f"{split}_w{weight:g}_{cls}.json"
+        path.write_text(json.dumps({"split": split, "weight": weight, "variants": {
+            "plain": summary(clicked=0.2, leak=0.1, **{"class": 0.94}),
+            "adapter": summary(clicked=clicked, leak=leak, **{"class": cls})}}))
+        return str(path)
+    main(["pick", run(1, 0.63, 0.14, 0.95), run(2, 0.61, 0.14, 0.93), run(3, 0.61, 0.10, 0.92)])
+    out = capsys.readouterr().out
+    assert out.strip().endswith("pick: weight 3")  # leak counts: 0.61 - 0.10 beats 0.63 - 0.14
+    assert "| 3 | 0.61 | 0.10 | 1.00 | 0.92 (0.94) | 1.51 | yes |" in out
+    main(["pick", run(3, 0.60, 0.11, 0.90), run(2, 0.61, 0.12, 0.93)])
+    assert capsys.readouterr().out.strip().endswith("pick: weight 2")  # 1.49 both: the lower weight
+    main(["pick", run(2, 0.61, 0.12, 0.85), run(3, 0.70, 0.05, 0.95)])
+    assert capsys.readouterr().out.strip().endswith("pick: weight 3")
+    main(["pick", run(1, 0.54, 0.15, 0.88), run(3, 0.57, 0.08, 0.80)])
+    out = capsys.readouterr().out
+    assert "no: class lost" in out and out.strip().endswith("pick: none (every weight loses the subject's class: "
+                                                            "the adapter breaks the image)")
+    with pytest.raises(SystemExit, match="weights are picked on the val split; a run of split 'test' was given"):
+        main(["pick", run(2, 0.5, 0.1, 0.9, split="test")])
+    with pytest.raises(SystemExit, match=r"two runs share a weight \(\[2.0, 2.0\]\)"):
+        main(["pick", run(2, 0.5, 0.1, 0.9), run(2, 0.5, 0.1, 0.91)])
+    with pytest.raises(SystemExit, match="a run at weight 2 lacks 'cached' or plain"):
+        main(["pick", run(2, 0.5, 0.1, 0.9), "--variant", "cached"])
+
+
 def test_a_benchmark_adapter_resumes_from_its_newest_checkpoint(quick_world, monkeypatch):
     """Long benchmark trainings write checkpoints; the next run with the same settings hands the trainer the newest
     checkpoint of that adapter (zero-padded steps sort right; never another adapter's), and once the adapter file

@@ -173,6 +173,18 @@ def cmd_bench(a) -> None:
     print(res["last_line"])
 
 
+def cmd_pick(a) -> None:
+    from .weight_pick import pick_table, pick_weight, weight_rows
+    try:
+        rows = weight_rows([json.loads(Path(f).read_text()) for f in a.runs], a.variant)
+    except ValueError as exc:
+        raise SystemExit(f"worldbench pick: {exc}") from None
+    print(pick_table(rows, a.variant))
+    w = pick_weight(rows)
+    print(f"pick: weight {w:g}" if w is not None else
+          "pick: none (every weight loses the subject's class: the adapter breaks the image)")
+
+
 def cmd_merge(a) -> None:
     from .bench import METRICS, table
     from .breakdown import confusion_table, drawable_split, drawable_table, merge_runs
@@ -300,6 +312,10 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("adapters", nargs="*", help="adapter files to compare with plain and training-free injection")
     add("files", cmd_files)
     _bench_args(add("bench", cmd_bench))
+    s = sub.add_parser("pick", help="an adapter's weight from val runs at several weights (the README's rule)")
+    s.add_argument("runs", nargs="+", help="bench --json files of the val split, one per weight")
+    s.add_argument("--variant", default="adapter", help="the variant whose weight is picked (default adapter)")
+    s.set_defaults(fn=cmd_pick)
     s = sub.add_parser("merge", help="bench runs of the same cases and seeds side by side")
     s.add_argument("runs", nargs="+", help="bench --json files; FILE=LABEL names that run's variants VARIANT_LABEL")
     s.add_argument("--json", default=None, help="the merged run as JSON")
