@@ -266,6 +266,24 @@ def _bench_args(s: argparse.ArgumentParser) -> None:
                    help="torch threads of the server and the trainer (default $P3S_WORLD_THREADS or 1)")
 
 
+def _run_file_commands(sub) -> None:
+    """The commands that read bench --json files (no world model needed): pick and merge."""
+    s = sub.add_parser("pick", help="an adapter's weight from val runs at several weights (the README's rule)")
+    s.add_argument("runs", nargs="+", help="bench --json files of the val split, one per weight")
+    s.add_argument("--variant", default="adapter", help="the variant whose weight is picked (default adapter)")
+    s.set_defaults(fn=cmd_pick)
+    s = sub.add_parser("merge", help="bench runs of the same cases and seeds side by side")
+    s.add_argument("runs", nargs="+", help="bench --json files; FILE=LABEL names that run's variants VARIANT_LABEL")
+    s.add_argument("--json", default=None, help="the merged run as JSON")
+    s.add_argument("--against", default="plain", metavar="VARIANT",
+                   help="the variant every other one is compared with on the same samples (default plain)")
+    s.add_argument("--metrics", default="clicked,leak",
+                   help="comma-separated metrics of the paired table, e.g. clicked,leak,prompt,class")
+    s.add_argument("--confusion", nargs="*", metavar="VARIANT",
+                   help="also the colours read per clicked colour for these variants (runs of session 11 on)")
+    s.set_defaults(fn=cmd_merge)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m worldbench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -312,20 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("adapters", nargs="*", help="adapter files to compare with plain and training-free injection")
     add("files", cmd_files)
     _bench_args(add("bench", cmd_bench))
-    s = sub.add_parser("pick", help="an adapter's weight from val runs at several weights (the README's rule)")
-    s.add_argument("runs", nargs="+", help="bench --json files of the val split, one per weight")
-    s.add_argument("--variant", default="adapter", help="the variant whose weight is picked (default adapter)")
-    s.set_defaults(fn=cmd_pick)
-    s = sub.add_parser("merge", help="bench runs of the same cases and seeds side by side")
-    s.add_argument("runs", nargs="+", help="bench --json files; FILE=LABEL names that run's variants VARIANT_LABEL")
-    s.add_argument("--json", default=None, help="the merged run as JSON")
-    s.add_argument("--against", default="plain", metavar="VARIANT",
-                   help="the variant every other one is compared with on the same samples (default plain)")
-    s.add_argument("--metrics", default="clicked,leak",
-                   help="comma-separated metrics of the paired table, e.g. clicked,leak,prompt,class")
-    s.add_argument("--confusion", nargs="*", metavar="VARIANT",
-                   help="also the colours read per clicked colour for these variants (runs of session 11 on)")
-    s.set_defaults(fn=cmd_merge)
+    _run_file_commands(sub)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     a.fn(a)
