@@ -310,6 +310,20 @@ def test_bench_variants_and_api_prompts():
     for name in ("per_step", "cached", "uncond_on", "sampler_step", "adapter"):
         inputs = bench.api_prompt(flat[name], case, "ref.png", "w.safetensors", "cv.safetensors", 7, 3)["12"]["inputs"]
         assert inputs["fill"] == "flat"
+    # each P3S Sampler preset over an adapter (named in --variants only): the adapter, its mode and weight,
+    # sampled by P3S Sampler with that schedule
+    assert not any("_sampler_" in n for n in vs if n.startswith("adapter"))
+    sched = {v.name: v for v in bench.variants({"adapter": "a.safetensors"}, 2.0, modes={"adapter": "cached"},
+                                               adapter_schedules=True)}
+    assert {f"adapter_sampler_{p}" for p in PRESETS} <= set(sched)
+    ga = bench.api_prompt(sched["adapter_sampler_ramp_up"], case, "ref.png", "w.safetensors", "cv.safetensors", 7, 3)
+    assert ga["5"]["class_type"] == "P3SSampler" and ga["5"]["inputs"]["schedule"] == "ramp_up"
+    assert ga["5"]["inputs"]["model"] == ["12", 0] and ga["14"]["inputs"]["adapter_name"] == "a.safetensors"
+    assert (ga["12"]["inputs"]["reference_mode"], ga["12"]["inputs"]["weight"]) == ("cached", 2.0)
+    # a name in --variants that no variant has is refused before anything runs, not skipped in silence
+    from worldbench import config
+    with pytest.raises(ValueError, match="no variant named cachd.*sampler_step.*need --adapter-steps"):
+        bench.run_bench(config.QUICK, 1, 1, only=("plain", "cachd"))
 
 
 def test_bench_last_line_and_table():

@@ -80,11 +80,12 @@ def adapter_mode(path: Path) -> str:
 
 def variants(adapters: dict[str, str] | None = None, weight: float = 1.0,
              modes: dict[str, str] | None = None, window: tuple[float, float] = (0.0, 1.0),
-             fill: str = "blur") -> list[Variant]:
+             fill: str = "blur", adapter_schedules: bool = False) -> list[Variant]:
     """Every variant of the issue: plain, no selection, per_step, cached, uncond on, each P3S Sampler
     preset, and one per trained adapter (``adapters``: variant name -> adapter file name; ``modes``: variant
     name -> the reference_mode it samples with, default per_step). ``weight``, ``window`` (P3S Apply's
-    start_percent, end_percent) and ``fill`` go to every P3S variant."""
+    start_percent, end_percent) and ``fill`` go to every P3S variant. ``adapter_schedules``: also each
+    preset over each adapter (``adapter_sampler_ramp_up``: the schedule for adapter users; only when named)."""
     w = {"weight": weight, "start_percent": float(window[0]), "end_percent": float(window[1]), "fill": fill}
     # named: no P3S, the clicked identity written into the prompt (what a user without P3S would try; the
     # world model's own colour control, the yardstick for what any identity transfer can show here)
@@ -96,6 +97,10 @@ def variants(adapters: dict[str, str] | None = None, weight: float = 1.0,
     out += [Variant(f"sampler_{p}", schedule=p, mode=DEFAULT_VARIANT, apply=w) for p in PRESETS]
     out += [Variant(name, adapter=fname, training_free=False, apply=w, mode=(modes or {}).get(name, "per_step"))
             for name, fname in (adapters or {}).items()]
+    if adapter_schedules:
+        out += [Variant(f"{name}_sampler_{p}", adapter=fname, schedule=p, training_free=False, apply=w,
+                        mode=(modes or {}).get(name, "per_step"))
+                for name, fname in (adapters or {}).items() for p in PRESETS]
     return out
 
 
@@ -326,9 +331,15 @@ def run_bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", ste
     Returns the results (per variant: n and each metric's share and 95 % interval) and the grid images."""
     import tempfile
     adapters = adapters or {}
+    schedules = any(n.startswith("adapter") and "_sampler_" in n for n in only)  # named in --variants only
     vs = [v for v in variants({k: p.name for k, p in adapters.items()}, weight,
-                              {k: adapter_mode(p) for k, p in adapters.items()}, window, fill)
+                              {k: adapter_mode(p) for k, p in adapters.items()}, window, fill, schedules)
           if not only or v.name in only]
+    unknown = sorted(set(only) - {v.name for v in vs})
+    if unknown:
+        raise ValueError(f"--variants: no variant named {', '.join(unknown)} in this run; the names are "
+                         f"{', '.join(v.name for v in variants({k: '' for k in adapters}, adapter_schedules=True))}"
+                         + ("" if adapters else " (the adapter variants need --adapter-steps)"))
     reader = load_reader(cfg)
     f = files(cfg)
     tally = {v.name: Tally() for v in vs}
