@@ -6,7 +6,8 @@ subjects cut by the border. One click per target at its deepest interior point. 
 the pack's mean IoU of ``Selection.mask`` with the clicked subject, the naive baseline's mean IoU on the
 same clicks (per-pixel colour distance to the clicked colour, Otsu threshold, the connected region
 under the click), accuracy (IoU with the target above IoU with every other subject) and refusals
-(clicks that raised instead of selecting). Thin parts: the fraction of thin-part pixels kept.
+(clicks that raised instead of selecting). Thin parts: the fraction of thin-part pixels kept. Where the
+IoU is lost (``loss_split``): over-selection (precision < 0.75), under-selection (recall < 0.75), boundary.
 
 Users do not click the deepest point: each target is also clicked once at a random interior pixel
 between 1/4 and 3/4 of its depth (distance to its boundary; seeded, drawn apart from the scenes so the
@@ -103,6 +104,18 @@ def baseline_select(image: np.ndarray, clicks: list[tuple[float, float]]) -> np.
     return ndimage.binary_fill_holes(np.isin(lab_ids, list(ids)))
 
 
+def loss_split(ious: list[float], precision: list[float], recall: list[float], line: float = 0.75) -> dict:
+    """Where a family's mean IoU is lost (the three parts sum to 1 - mean IoU): targets that took in a
+    look-alike or the background (precision below ``line``: over-selection), targets cut short (recall
+    below ``line``: under-selection), and the rest (the boundary)."""
+    iou_, p, r = (np.asarray(x, float) for x in (ious, precision, recall))
+    over = p < line
+    under = (r < line) & ~over
+    n = max(1, len(iou_))
+    return {"over": float((1 - iou_[over]).sum() / n), "under": float((1 - iou_[under]).sum() / n),
+            "boundary": float((1 - iou_[~over & ~under]).sum() / n)}
+
+
 def pack_select(image: np.ndarray, clicks, negative=(), **kwargs) -> np.ndarray | None:
     h, w = image.shape[:2]
     pts = PointSet.from_pixels(positive=clicks, negative=negative, width=w, height=h)
@@ -115,7 +128,7 @@ def pack_select(image: np.ndarray, clicks, negative=(), **kwargs) -> np.ndarray 
 def run_family(family: str, n: int, size: int, seed: int, **kwargs) -> dict:
     rng = np.random.default_rng([seed, FAMILIES.index(family)])
     off_rng = np.random.default_rng([seed, FAMILIES.index(family), 1])  # apart: the scenes stay as they were
-    out = {"iou": [], "base": [], "acc": [], "refused": 0, "thin": [], "off": []}
+    out = {"iou": [], "base": [], "acc": [], "refused": 0, "thin": [], "off": [], "precision": [], "recall": []}
     for _ in range(n):
         scene = make_scene(rng, family, size)
         if len(scene.masks) < 2:
@@ -128,6 +141,8 @@ def run_family(family: str, n: int, size: int, seed: int, **kwargs) -> dict:
                 sel = np.zeros_like(m)
             ious = [iou(sel, o) for o in scene.masks]
             out["iou"].append(ious[j])
+            out["precision"].append(float((sel & m).sum() / max(1, sel.sum())))
+            out["recall"].append(float((sel & m).sum() / max(1, m.sum())))
             out["acc"].append(float(all(ious[j] > o for k, o in enumerate(ious) if k != j)))
             out["base"].append(iou(baseline_select(scene.image, [click]), m))
             thin = scene.thin_masks[j]
@@ -251,9 +266,11 @@ def main() -> None:
         margins.append(figs[fam][0] - figs[fam][2])
         offs[fam] = float(np.mean(r["off"]))
         thin = f", thin parts kept {np.mean(r['thin']):.3f}" if r["thin"] else ""
+        lost = loss_split(r["iou"], r["precision"], r["recall"])
         print(f"{fam:12s}: {len(r['iou']):3d} targets, IoU {figs[fam][0]:.3f} off {offs[fam]:.3f} "
               f"(baseline {figs[fam][2]:.3f}), "
-              f"accuracy {figs[fam][1]:.3f}, refused {r['refused']}{thin}")
+              f"accuracy {figs[fam][1]:.3f}, refused {r['refused']}{thin}; IoU lost to over-selection "
+              f"{lost['over']:.3f}, under-selection {lost['under']:.3f}, boundary {lost['boundary']:.3f}")
     print(f"families took {time.time() - t0:.0f} s")
     d_iou, d_tail, d_base = two_dogs()
     print(f"two_dogs (left dog, example points): IoU {d_iou:.3f} (baseline {d_base:.3f}), tail kept {d_tail:.3f}")

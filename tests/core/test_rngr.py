@@ -431,6 +431,21 @@ def test_bench_off_centre_clicks_lie_in_the_requested_depth_band():
     assert len(set(clicks)) > 10
 
 
+def test_bench_loss_split_adds_up_to_the_lost_iou():
+    """bench/selection.py's breakdown of a family's lost IoU: over-selection, under-selection, boundary;
+    the parts sum to 1 - mean IoU and a target that is both over and under counts once (as over)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from selection import loss_split
+
+    ious, precision, recall = [1.0, 0.4, 0.5, 0.9, 0.3], [1.0, 0.4, 1.0, 0.95, 0.5], [1.0, 1.0, 0.5, 0.95, 0.6]
+    out = loss_split(ious, precision, recall)
+    assert out == pytest.approx({"over": (0.6 + 0.7) / 5, "under": 0.5 / 5, "boundary": 0.1 / 5})
+    assert sum(out.values()) == pytest.approx(1 - np.mean(ious))
+
+
 @pytest.mark.parametrize("shape", ["rectangle", "ellipse"])
 def test_split_keeps_one_compact_body_whole_wherever_it_is_clicked(shape):
     """One body, no look-alike: a click anywhere inside it at a quarter of its depth or more (users do not
