@@ -436,6 +436,18 @@ def test_bench_picks_the_best_training_free_variant_on_val_only(tmp_path, monkey
     assert bench.best_training_free(test, cfg) == (best, why)
     assert bench.best_training_free({**test, "weight": 3.0}, cfg)[0] == "cached"
     assert "weight 3.0: not this run's settings" in bench.best_training_free({**test, "weight": 2.0}, cfg)[1]
+    # a variant that loses the subject's class (class share > 0.05 below plain's) is never picked, however
+    # high its score; when every one loses it, the val run picks nothing
+    klass = lambda s, c: {**s, "class": {"share": c}}  # noqa: E731
+    val2 = {**val, "weight": 2.0, "variants": {"plain": klass(summary(0, 0, 1), 0.95),
+                                               "per_step": klass(summary(0.6, 0, 1), 0.91),
+                                               "cached": klass(summary(0.9, 0, 1), 0.85)}}
+    got, reason = bench.best_training_free(val2, cfg)
+    assert got == "per_step" and "1 lost the class" in reason
+    lost = {**val2, "weight": 4.0, "variants": {**val2["variants"], "per_step": klass(summary(0.6, 0, 1), 0.5)}}
+    assert bench.best_training_free(lost, cfg) == ("cached", "no training-free variant keeps the class on this "
+                                                          "val run (nothing picked)")
+    assert json.loads((cfg.cache_dir() / bench.PICK_FILE).read_text())["last"] == "steps=20 cfg=6 weight=2"
     # a run of adapters only names no training-free variant (not plain), and its last line says na
     only = {**run, "split": "test", "variants": {"adapter": summary(0.5, 0.1, 1)}}
     assert bench.best_training_free(only, cfg)[0] == "none"

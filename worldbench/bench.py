@@ -191,6 +191,20 @@ def share(res: dict, variant: str, metric: str) -> float | None:
     return None if v is None else v[metric]["share"]
 
 
+CLASS_MARGIN = 0.05  # a variant whose class share falls more than this below plain's is never picked
+
+
+def keeps_class(run: dict, variant: str) -> bool:
+    """Whether ``variant`` keeps the subject's class: its ``class`` share at most ``CLASS_MARGIN`` below plain's
+    in the same run (runs without plain or without the class share: yes). A broken image can still hold a blob
+    of the clicked colour, which ``clicked`` counts, so picks (weights and training-free modes) skip such
+    variants."""
+    v, plain = run["variants"].get(variant), run["variants"].get("plain")
+    if not v or not plain or "class" not in v or "class" not in plain:
+        return True
+    return v["class"]["share"] >= plain["class"]["share"] - CLASS_MARGIN - 1e-9
+
+
 def pick_score(summary: dict) -> float:
     """How a variant is ranked on the validation split: identity in, look-alike out, prompt obeyed."""
     return summary["clicked"]["share"] - summary["leak"]["share"] + summary["prompt"]["share"]
@@ -417,14 +431,19 @@ def best_training_free(res: dict, cfg: WorldConfig) -> tuple[str, str]:
     if not tf:  # e.g. --variants adapter: there is nothing to name, and plain is not a P3S mode
         return "none", "no training-free variant in this run (--variants)"
     picks, last = _read_picks(pick_path)
-    if res["split"] == "val" and len(tf) >= 2:  # a val run of one training-free variant (a sweep) picks nothing
+    keep = [n for n in tf if keeps_class(res, n)]
+    if res["split"] == "val" and len(tf) >= 2 and keep:  # a val run of one variant (a sweep) picks nothing
         pick_path.parent.mkdir(parents=True, exist_ok=True)
-        best = max(tf, key=lambda n: pick_score(res["variants"][n]))
+        best = max(keep, key=lambda n: pick_score(res["variants"][n]))
         key = _settings(res)
         picks[key] = {"variant": best, "cases": res["cases"], "seeds": res["seeds"],
                       "steps": res["steps"], "cfg": res["cfg"], "weight": res["weight"]}
         pick_path.write_text(json.dumps({"picks": picks, "last": key}, indent=1))
-        return best, f"best of {len(tf)} training-free variants on this val run"
+        lost = f" ({len(tf) - len(keep)} lost the class)" if len(keep) < len(tf) else ""
+        return best, f"best of {len(tf)} training-free variants on this val run{lost}"
+    if res["split"] == "val" and len(tf) >= 2:  # every one lost the class: nothing to pick, nothing stored
+        return (DEFAULT_VARIANT if DEFAULT_VARIANT in res["variants"] else tf[0]), \
+            "no training-free variant keeps the class on this val run (nothing picked)"
     pick = picks.get(_settings(res)) or (picks.get(last) if last else None)
     if pick and pick["variant"] in res["variants"]:
         same = all(pick[k] == res[k] for k in ("steps", "cfg", "weight"))

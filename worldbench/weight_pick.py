@@ -2,15 +2,13 @@
 
 The rule the README's adapter rows follow: among val runs of one variant at several weights, the highest
 ``pick_score`` (clicked - leak + prompt), ties to the lower weight (the smaller change to plain sampling).
-A weight whose outputs lose the subject's class (its ``class`` share more than ``CLASS_MARGIN`` below plain's in
+A weight whose outputs lose the subject's class (its ``class`` share more than ``bench.CLASS_MARGIN`` below plain's in
 the same run) is not eligible: a broken image can still hold a blob of the clicked colour, which ``clicked``
 counts (session 13: a strong subject loss smeared the colour over the canvas).
 """
 from __future__ import annotations
 
-from .bench import pick_score
-
-CLASS_MARGIN = 0.05
+from .bench import keeps_class, pick_score
 
 
 def weight_rows(runs: list[dict], variant: str = "adapter") -> list[dict]:
@@ -25,8 +23,7 @@ def weight_rows(runs: list[dict], variant: str = "adapter") -> list[dict]:
                              f"(it has {', '.join(run['variants'])})")
         share = {m: v[m]["share"] for m in ("clicked", "leak", "prompt", "class")}
         rows.append({"weight": float(run["weight"]), **share, "plain_class": plain["class"]["share"],
-                     "score": pick_score(v),
-                     "eligible": share["class"] >= plain["class"]["share"] - CLASS_MARGIN - 1e-9})
+                     "score": pick_score(v), "eligible": keeps_class(run, variant)})
     weights = [r["weight"] for r in rows]
     if len(set(weights)) != len(weights):
         raise ValueError(f"two runs share a weight ({weights}): give one val run per weight")
