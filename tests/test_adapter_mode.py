@@ -407,6 +407,22 @@ def test_subject_loss_weight_trains_on_the_real_backend(env):
     assert not (env.tmp / "refused.safetensors").exists()
 
 
+def test_a_cosine_learning_rate_schedule_trains_on_the_real_backend(env):
+    """--lr-schedule cosine on the real backend: the first step runs at --lr (same loss curve as constant up to
+    step 2), the decayed later steps move the adapter differently, and the file records the schedule."""
+    base = dict(steps=3, checkpoint_every=0)
+    flat = env.training.train(env.backend, env.dataset, _config(env, **base), None, progress=False)
+    out = env.tmp / "cosine.safetensors"
+    cos = env.training.train(env.backend, env.dataset, _config(env, lr_schedule="cosine", **base), out,
+                             progress=False)
+    assert [h["loss"] for h in cos.history[:2]] == pytest.approx([h["loss"] for h in flat.history[:2]], rel=1e-6)
+    moved = [(a - b).abs().max().item() for a, b in zip(cos.adapter.parameters(), flat.adapter.parameters())]
+    assert max(moved) > 0
+    from safetensors import safe_open
+    with safe_open(str(out), "pt") as f:
+        assert (f.metadata()["p3s_lr_schedule"], f.metadata()["p3s_warmup_steps"]) == ("cosine", "0")
+
+
 # ---- (e) refusals ----------------------------------------------------------------------------------------
 def _unpatched(e, model, before):
     patch = e.host.pack("nodes.patch")

@@ -650,6 +650,9 @@ def test_adapter_file_names_hold_every_setting():
     assert adapter_file_name(100, 1200, 4, 8, 8, "v", "cached", 1e-3, 600, read_gain=True).endswith("_cached_g_n600.safetensors")
     assert adapter_file_name(100, 1200, 4, 8, 8, "v", "cached", 1e-3, 600, subject_loss=8.0).endswith(
         "_cached_m8_n600.safetensors")
+    assert adapter_file_name(100, 1200, 4, 8, 8, "v", "cached", 1e-3, 600, subject_loss=3.0,
+                             lr_schedule="cosine").endswith("_cached_m3_cos_n600.safetensors")
+    assert adapter_file_name(100, 1200, 4, 8, 8, "v", "cached", 1e-3, 600, lr_schedule="constant") == base
 
 
 def test_noise_levels_diagnostic_rows(quick_world, tmp_path):

@@ -150,7 +150,8 @@ def cmd_bench(a) -> None:
                       tuple(a.acl_weights), only, Path(a.out) if a.out else None,
                       Path(a.json) if a.json else None, a.threads, a.adapter_read_rank, a.adapter_weighting,
                       a.adapter_mode, a.adapter_lr, a.adapter_read_gain, (a.start_percent, a.end_percent),
-                      a.adapter_subject_attn, a.fill, a.adapter_rank, subject_loss=a.adapter_subject_loss)
+                      a.adapter_subject_attn, a.fill, a.adapter_rank, subject_loss=a.adapter_subject_loss,
+                      lr_schedule=a.adapter_lr_schedule)
     print(f"== transfer benchmark: {cfg.name} world ({res['world']}), split {a.split}, {a.cases} cases x "
           f"{a.seeds} samples, {a.steps} steps euler/normal, cfg {a.cfg}, weight {a.weight}"
           + (f", P3S from {a.start_percent:g} to {a.end_percent:g}" if (a.start_percent, a.end_percent) != (0, 1) else "")
@@ -260,6 +261,8 @@ def _bench_args(s: argparse.ArgumentParser) -> None:
                    help="the adapters' --subject-attn width (default: the trainer's)")
     s.add_argument("--adapter-subject-loss", type=float, default=None,
                    help="the adapters' --subject-loss-weight (default: the trainer's)")
+    s.add_argument("--adapter-lr-schedule", choices=("constant", "cosine"), default=None,
+                   help="the adapters' --lr-schedule (default: the trainer's)")
     s.add_argument("--out", default=None, help="grid PNG to write")
     s.add_argument("--json", default=None, help="all results as JSON")
     s.add_argument("--threads", type=int, default=None,

@@ -213,13 +213,14 @@ def pick_score(summary: dict) -> float:
 # ---- adapters ----------------------------------------------------------------------------------------------
 def adapter_file_name(acl: float, steps: int, batch: int, rank: int, read_rank: int, weighting: str, mode: str,
                       lr: float, count: int, read_gain: bool = False, subject_attn: int = 0,
-                      subject_loss: float = 0.0) -> str:
+                      subject_loss: float = 0.0, lr_schedule: str = "constant") -> str:
     """The cache name of a benchmark adapter: every training setting the benchmark varies."""
     # lr is named only off 1e-3 (the benchmark's first value) and the gain only when on, so earlier files
     # keep their names
     tag = (f"q{read_rank}_{weighting}" + ("" if mode == "per_step" else f"_{mode}")
            + ("" if lr == 1e-3 else f"_lr{lr:g}") + ("_g" if read_gain else "")
-           + (f"_x{subject_attn}" if subject_attn else "") + (f"_m{subject_loss:g}" if subject_loss else ""))
+           + (f"_x{subject_attn}" if subject_attn else "") + (f"_m{subject_loss:g}" if subject_loss else "")
+           + ("" if lr_schedule == "constant" else f"_{lr_schedule[:3]}"))
     return f"world_adapter_acl{acl:g}_s{steps}_b{batch}_r{rank}_{tag}_n{count}.safetensors"
 
 
@@ -238,12 +239,13 @@ def latest_checkpoint(adapter: Path) -> Path | None:
 def train_adapters(cfg: WorldConfig, steps: int, acl_weights: tuple[float, ...], count: int, batch: int = 4,
                    lr: float = 1e-3, rank: int = 8, threads: int = 1, read_rank: int | None = None,
                    weighting: str | None = None, mode: str | None = None, read_gain: bool | None = None,
-                   subject_attn: int | None = None, subject_loss: float | None = None) -> dict[str, Path]:
+                   subject_attn: int | None = None, subject_loss: float | None = None,
+                   lr_schedule: str | None = None) -> dict[str, Path]:
     """Adapters trained by ``scripts/train_adapter.py --custom-node worldbench/world_registrar`` on an export of
     ``count`` train-split pairs (train identities only), one per ACL weight; cached in the world folder.
-    ``read_rank`` / ``weighting`` / ``mode`` / ``read_gain`` / ``subject_attn`` / ``subject_loss``: the trainer's
-    ``--read-rank`` / ``--loss-weighting`` / ``--reference-mode`` / ``--read-gain`` / ``--subject-attn`` /
-    ``--subject-loss-weight`` (None: its defaults)."""
+    ``read_rank`` / ``weighting`` / ``mode`` / ``read_gain`` / ``subject_attn`` / ``subject_loss`` /
+    ``lr_schedule``: the trainer's ``--read-rank`` / ``--loss-weighting`` / ``--reference-mode`` / ``--read-gain``
+    / ``--subject-attn`` / ``--subject-loss-weight`` / ``--lr-schedule`` (None: its defaults)."""
     sys.path.append(str(REPO))
     from p3s_core.training.config import TrainConfig
     read_rank = TrainConfig.read_rank if read_rank is None else int(read_rank)
@@ -252,6 +254,7 @@ def train_adapters(cfg: WorldConfig, steps: int, acl_weights: tuple[float, ...],
     read_gain = bool(TrainConfig.read_gain if read_gain is None else read_gain)
     subject_attn = int(TrainConfig.subject_attn if subject_attn is None else subject_attn)
     subject_loss = float(TrainConfig.subject_loss_weight if subject_loss is None else subject_loss)
+    lr_schedule = lr_schedule or TrainConfig.lr_schedule
     from .export import export
     f = files(cfg)
     data = f.dir / f"adapter_data_{count}"
@@ -260,7 +263,7 @@ def train_adapters(cfg: WorldConfig, steps: int, acl_weights: tuple[float, ...],
     out = {}
     for w in acl_weights:
         path = f.dir / "adapters" / adapter_file_name(w, steps, batch, rank, read_rank, weighting, mode, lr, count,
-                                                            read_gain, subject_attn, subject_loss)
+                                                            read_gain, subject_attn, subject_loss, lr_schedule)
         if not path.is_file():
             path.parent.mkdir(exist_ok=True)
             resume = latest_checkpoint(path)
@@ -270,7 +273,7 @@ def train_adapters(cfg: WorldConfig, steps: int, acl_weights: tuple[float, ...],
                    "--batch-size", str(batch), "--lr", str(lr), "--rank", str(rank), "--acl-weight", f"{w:g}",
                    "--read-rank", str(read_rank), "--loss-weighting", weighting, "--reference-mode", mode,
                    "--read-gain", str(int(read_gain)), "--subject-attn", str(subject_attn),
-                   "--subject-loss-weight", f"{subject_loss:g}",
+                   "--subject-loss-weight", f"{subject_loss:g}", "--lr-schedule", lr_schedule,
                    "--checkpoint-every", str(CHECKPOINT_EVERY), "--no-progress"] \
                 + (["--resume", str(resume)] if resume else [])
             log.info("worldbench: training an adapter (ACL weight %g, %d steps%s)", w, steps,
@@ -512,7 +515,7 @@ def bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", steps: 
           threads: int | None = None, read_rank: int | None = None, weighting: str | None = None,
           mode: str | None = None, adapter_lr: float = 1e-3, read_gain: bool | None = None,
           window: tuple[float, float] = (0.0, 1.0), subject_attn: int | None = None, fill: str = "blur",
-          rank: int = 8, subject_loss: float | None = None) -> dict:
+          rank: int = 8, subject_loss: float | None = None, lr_schedule: str | None = None) -> dict:
     """The whole benchmark: adapters (if ``adapter_steps``), every variant, the table, the grid, the last line."""
     if not files(cfg).ready():
         raise SystemExit(f"worldbench: the world model {files(cfg).dir} is not trained: run "
@@ -524,7 +527,7 @@ def bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", steps: 
     adapters = train_adapters(cfg, adapter_steps, tuple(acl_weights), adapter_data, threads=threads,
                               read_rank=read_rank, weighting=weighting, mode=mode, lr=adapter_lr,
                               read_gain=read_gain, subject_attn=subject_attn, rank=rank,
-                              subject_loss=subject_loss) \
+                              subject_loss=subject_loss, lr_schedule=lr_schedule) \
         if adapter_steps > 0 else {}
     adapter_time = clock.minutes()
     run = run_bench(cfg, cases, seeds, split, steps, cfg_scale, weight, adapters, only, threads=threads,

@@ -12,6 +12,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 LOSS_WEIGHTINGS = ("eps", "v", "x0")  # diffusion loss per sample: eps MSE x 1, x (1 + sigma^2), x sigma^2
 REFERENCE_MODES = ("cached", "per_step")  # P3S Apply's reference_mode values: train the way you will sample
 TRAIN_FILLS = ("blur", "flat")  # fills of the on-the-fly reference (inpaint needs sampling: not in training)
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def _opt(default, help: str, **extra):
@@ -23,6 +24,9 @@ class TrainConfig:
     steps: int = _opt(4000, "optimizer steps")
     batch_size: int = _opt(1, "images per step and per process")
     lr: float = _opt(1e-4, "AdamW learning rate")
+    lr_schedule: str = _opt("constant", "learning rate over the run: constant, or cosine (a linear warm-up over "
+                                        "--warmup-steps, then a cosine decay to 0 at --steps)", choices=LR_SCHEDULES)
+    warmup_steps: int = _opt(0, "steps of linear learning-rate warm-up (cosine schedule only)")
     rank: int = _opt(16, "rank of the low-rank reference deltas (file size and capacity grow with it)")
     read_rank: int = _opt(8, "rank of the read deltas: the denoising pass's queries on the subject tokens "
                              "(0: none, the reference-side deltas only)")
@@ -74,6 +78,14 @@ class TrainConfig:
                              f"got {self.loss_weighting!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"P3S: --lr must be > 0, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"P3S: --lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if not 0 <= int(self.warmup_steps) < int(self.steps):
+            raise ValueError(f"P3S: --warmup-steps must be >= 0 and below --steps ({self.steps}), "
+                             f"got {self.warmup_steps}")
+        if int(self.warmup_steps) > 0 and self.lr_schedule != "cosine":
+            raise ValueError(f"P3S: --warmup-steps {self.warmup_steps} needs --lr-schedule cosine "
+                             "(the constant schedule has no warm-up)")
         if not (self.subject_loss_weight >= 0 and math.isfinite(self.subject_loss_weight)):
             raise ValueError(f"P3S: --subject-loss-weight must be >= 0 (0: off), got {self.subject_loss_weight}")
         if not (self.acl_weight >= 0 and math.isfinite(self.acl_weight)):
@@ -89,6 +101,18 @@ class TrainConfig:
             raise ValueError(f"P3S: --fill must be one of {', '.join(TRAIN_FILLS)}, got {self.fill!r}")
         if not 0.0 <= self.min_depth <= 1.0:
             raise ValueError(f"P3S: --min-depth must be in 0..1, got {self.min_depth}")
+
+
+def lr_factor(config: TrainConfig, step: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) as a fraction of --lr. A function of the step
+    alone, so a resumed run follows the uninterrupted one."""
+    if config.lr_schedule == "constant":
+        return 1.0
+    warm = int(config.warmup_steps)
+    if step < warm:
+        return (step + 1) / (warm + 1)
+    span = max(1, int(config.steps) - warm)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - warm, span) / span))
 
 
 def config_fields() -> list:

@@ -21,7 +21,7 @@ from ..adapter import AdapterSpec, P3SAdapter, save_adapter
 from ..losses import attention_consistency_loss, diffusion_loss, subject_pixel_weights, total_loss
 from .batches import Batch, make_batch
 from .checkpoints import checkpoint_path, load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, lr_factor
 from .distributed import DistContext
 from .loss_curve import write_loss_curve
 
@@ -124,10 +124,15 @@ class _Stepper:
         if any(n == "read_gain" for n, _ in named):
             groups.append({"params": [adapter.read_gain], "lr": config.lr * GAIN_LR_SCALE, "weight_decay": 0.0})
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+        self.base_lrs = [config.lr] + [config.lr * GAIN_LR_SCALE] * (len(groups) - 1)
         use_scaler = config.precision == "fp16" and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=True) if use_scaler else None
 
-    def step(self, loss: torch.Tensor) -> None:
+    def step(self, loss: torch.Tensor, step: int) -> None:
+        """Optimizer step number ``step`` (0-based: its learning rate follows --lr-schedule)."""
+        factor = lr_factor(self.config, step)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -149,7 +154,8 @@ def _finish(adapter: P3SAdapter, history: list[dict], output: Path, step: int, c
     meta = {"p3s_steps": step, "p3s_acl_weight": config.acl_weight, "p3s_lr": config.lr,
             "p3s_batch_size": config.batch_size, "p3s_seed": config.seed,
             "p3s_reference_mode": config.reference_mode, "p3s_loss_weighting": config.loss_weighting,
-            "p3s_subject_loss_weight": config.subject_loss_weight,
+            "p3s_subject_loss_weight": config.subject_loss_weight, "p3s_lr_schedule": config.lr_schedule,
+            "p3s_warmup_steps": config.warmup_steps,
             **(extra_metadata or {})}
     if history:
         meta["p3s_final_loss"] = f"{history[-1]['loss']:.6g}"
@@ -218,7 +224,7 @@ def _train_step(backend, adapter: P3SAdapter, stepper: _Stepper, dataset, config
     if not math.isfinite(parts["loss"]):
         raise ValueError(f"P3S: training diverged at step {step + 1} (loss {parts['loss']}): lower --lr, "
                          "or use --precision bf16/fp32 instead of fp16")
-    stepper.step(loss)
+    stepper.step(loss, step)
     return stepper.dist.mean({**parts, "stop": float(stop.requested is not None)}, backend.device)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import types
 from dataclasses import fields
 from pathlib import Path
@@ -182,3 +183,41 @@ def test_command_line_defaults_are_trainconfig_defaults_and_every_field_is_a_fla
         (7, 8.0, (2, 4), "flat", 0.5, 0.01, 0.0, "bf16", "x {caption}")
     flags = {a.dest for a in ta.build_parser()._actions}
     assert {f.name for f in fields(TrainConfig)} <= flags
+
+
+def test_the_cosine_schedule_warms_up_decays_to_zero_and_is_refused_when_it_cannot_hold():
+    """--lr-schedule cosine: a linear warm-up over --warmup-steps, then a cosine decay that ends at 0 on the
+    last step; constant is --lr throughout. A function of the step alone, so resuming keeps it."""
+    from p3s_core.training.config import lr_factor
+    assert {lr_factor(TrainConfig(steps=10), k) for k in range(10)} == {1.0}
+    cos = TrainConfig(steps=10, lr_schedule="cosine", warmup_steps=3)
+    f = [lr_factor(cos, k) for k in range(10)]
+    assert f[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert all(a > b for a, b in zip(f[3:], f[4:])) and f[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 6 / 7)))
+    assert lr_factor(cos, 10) == pytest.approx(0.0)
+    assert lr_factor(TrainConfig(steps=4, lr_schedule="cosine"), 0) == 1.0
+    for bad, match in ((dict(lr_schedule="linear"), r"--lr-schedule must be one of constant, cosine, got 'linear'"),
+                       (dict(lr_schedule="cosine", warmup_steps=10), r"--warmup-steps must be >= 0 and below "
+                                                                      r"--steps \(10\), got 10"),
+                       (dict(warmup_steps=2), r"--warmup-steps 2 needs --lr-schedule cosine")):
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(steps=10, **bad).validate()
+
+
+def test_each_optimizer_step_runs_at_the_scheduled_learning_rate():
+    """The stepper sets every parameter group's lr from the schedule before it steps (the read gain's group
+    keeps its 10x)."""
+    from p3s_core.adapter import AdapterSpec, P3SAdapter
+    from p3s_core.training.config import lr_factor
+    from p3s_core.training.distributed import DistContext
+    from p3s_core.training.loop import GAIN_LR_SCALE, _Stepper
+    adapter = P3SAdapter(AdapterSpec(family="sd15", rank=2, alpha=2.0, clip_width=8, ctx_dim=16,
+                                     layers=[("input.1.0", 8)], read_gain=True))
+    config = TrainConfig(steps=6, lr=1e-2, lr_schedule="cosine", warmup_steps=1)
+    stepper = _Stepper(adapter, config, torch.device("cpu"), DistContext())
+    assert len(stepper.optimizer.param_groups) == 2
+    for k in range(6):
+        loss = sum((p * p).sum() for p in adapter.parameters() if p.requires_grad) + 1.0
+        stepper.step(loss, k)
+        lrs = [g["lr"] for g in stepper.optimizer.param_groups]
+        assert lrs == pytest.approx([1e-2 * lr_factor(config, k), 1e-2 * GAIN_LR_SCALE * lr_factor(config, k)])
