@@ -340,14 +340,10 @@ def _fetch(srv, entry: dict) -> np.ndarray:
     return np.stack([np.asarray(Image.open(io.BytesIO(srv.view(i))).convert("RGB")) for i in imgs])
 
 
-def run_bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", steps: int = 20,
-              cfg_scale: float = 6.0, weight: float = 1.0, adapters: dict[str, Path] | None = None,
-              only: tuple[str, ...] = (), work: Path | None = None, grid_cases: int = 6, threads: int = 1,
-              window: tuple[float, float] = (0.0, 1.0), fill: str = "blur") -> dict:
-    """Runs every variant on ``cases`` cases of ``split`` x ``seeds`` samples through a real server.
-    Returns the results (per variant: n and each metric's share and 95 % interval) and the grid images."""
-    import tempfile
-    adapters = adapters or {}
+def run_variants(adapters: dict[str, Path], weight: float, window: tuple[float, float], fill: str,
+                 only: tuple[str, ...]) -> list[Variant]:
+    """The variants a run samples: all (``only`` empty) or those named in ``only``; a name no variant has is
+    refused before anything runs, not skipped in silence."""
     schedules = any(n.startswith("adapter") and "_sampler_" in n for n in only)  # named in --variants only
     vs = [v for v in variants({k: p.name for k, p in adapters.items()}, weight,
                               {k: adapter_mode(p) for k, p in adapters.items()}, window, fill, schedules)
@@ -357,6 +353,18 @@ def run_bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", ste
         raise ValueError(f"--variants: no variant named {', '.join(unknown)} in this run; the names are "
                          f"{', '.join(v.name for v in variants({k: '' for k in adapters}, adapter_schedules=True))}"
                          + ("" if adapters else " (the adapter variants need --adapter-steps)"))
+    return vs
+
+
+def run_bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", steps: int = 20,
+              cfg_scale: float = 6.0, weight: float = 1.0, adapters: dict[str, Path] | None = None,
+              only: tuple[str, ...] = (), work: Path | None = None, grid_cases: int = 6, threads: int = 1,
+              window: tuple[float, float] = (0.0, 1.0), fill: str = "blur") -> dict:
+    """Runs every variant on ``cases`` cases of ``split`` x ``seeds`` samples through a real server.
+    Returns the results (per variant: n and each metric's share and 95 % interval) and the grid images."""
+    import tempfile
+    adapters = adapters or {}
+    vs = run_variants(adapters, weight, window, fill, only)
     reader = load_reader(cfg)
     f = files(cfg)
     tally = {v.name: Tally() for v in vs}
