@@ -95,12 +95,11 @@ def variants(adapters: dict[str, str] | None = None, weight: float = 1.0,
            Variant("uncond_on", uncond=True, mode=DEFAULT_VARIANT, apply=w)]
     # the presets and uncond on, over P3S Apply's default mode: what a user gets by changing only that setting
     out += [Variant(f"sampler_{p}", schedule=p, mode=DEFAULT_VARIANT, apply=w) for p in PRESETS]
-    out += [Variant(name, adapter=fname, training_free=False, apply=w, mode=(modes or {}).get(name, "per_step"))
-            for name, fname in (adapters or {}).items()]
+    trained = [(name, fname, (modes or {}).get(name, "per_step")) for name, fname in (adapters or {}).items()]
+    out += [Variant(name, adapter=fname, training_free=False, apply=w, mode=m) for name, fname, m in trained]
     if adapter_schedules:
-        out += [Variant(f"{name}_sampler_{p}", adapter=fname, schedule=p, training_free=False, apply=w,
-                        mode=(modes or {}).get(name, "per_step"))
-                for name, fname in (adapters or {}).items() for p in PRESETS]
+        out += [Variant(f"{name}_sampler_{p}", adapter=fname, schedule=p, training_free=False, apply=w, mode=m)
+                for name, fname, m in trained for p in PRESETS]
     return out
 
 
@@ -442,8 +441,11 @@ def best_training_free(res: dict, cfg: WorldConfig) -> tuple[str, str]:
     if not tf:  # e.g. --variants adapter: there is nothing to name, and plain is not a P3S mode
         return "none", "no training-free variant in this run (--variants)"
     picks, last = _read_picks(pick_path)
-    keep = [n for n in tf if keeps_class(res, n)]
-    if res["split"] == "val" and len(tf) >= 2 and keep:  # a val run of one variant (a sweep) picks nothing
+    if res["split"] == "val" and len(tf) >= 2:  # a val run of one variant (a sweep) picks nothing
+        keep = [n for n in tf if keeps_class(res, n)]
+        if not keep:  # every one lost the class: nothing to pick, nothing stored
+            return (DEFAULT_VARIANT if DEFAULT_VARIANT in res["variants"] else tf[0]), \
+                "no training-free variant keeps the class on this val run (nothing picked)"
         pick_path.parent.mkdir(parents=True, exist_ok=True)
         best = max(keep, key=lambda n: pick_score(res["variants"][n]))
         key = _settings(res)
@@ -452,9 +454,6 @@ def best_training_free(res: dict, cfg: WorldConfig) -> tuple[str, str]:
         pick_path.write_text(json.dumps({"picks": picks, "last": key}, indent=1))
         lost = f" ({len(tf) - len(keep)} lost the class)" if len(keep) < len(tf) else ""
         return best, f"best of {len(tf)} training-free variants on this val run{lost}"
-    if res["split"] == "val" and len(tf) >= 2:  # every one lost the class: nothing to pick, nothing stored
-        return (DEFAULT_VARIANT if DEFAULT_VARIANT in res["variants"] else tf[0]), \
-            "no training-free variant keeps the class on this val run (nothing picked)"
     pick = picks.get(_settings(res)) or (picks.get(last) if last else None)
     if pick and pick["variant"] in res["variants"]:
         same = all(pick[k] == res[k] for k in ("steps", "cfg", "weight"))

@@ -124,7 +124,7 @@ class _Stepper:
         if any(n == "read_gain" for n, _ in named):
             groups.append({"params": [adapter.read_gain], "lr": config.lr * GAIN_LR_SCALE, "weight_decay": 0.0})
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
-        self.base_lrs = [config.lr] + [config.lr * GAIN_LR_SCALE] * (len(groups) - 1)
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]  # before a resume overwrites them
         use_scaler = config.precision == "fp16" and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=True) if use_scaler else None
 
