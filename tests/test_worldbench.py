@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from scipy import ndimage
 
 import worldbench
 from worldbench import draw, world
+from worldbench.settings import AdapterSettings, RunSettings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -323,7 +325,7 @@ def test_bench_variants_and_api_prompts():
     # a name in --variants that no variant has is refused before anything runs, not skipped in silence
     from worldbench import config
     with pytest.raises(ValueError, match="no variant named cachd.*sampler_step.*need --adapter-steps"):
-        bench.run_bench(config.QUICK, 1, 1, only=("plain", "cachd"))
+        bench.run_bench(config.QUICK, RunSettings(cases=1, seeds=1, only=("plain", "cachd")))
 
 
 def test_bench_last_line_and_table():
@@ -363,8 +365,9 @@ def test_transfer_bench_end_to_end_through_a_real_server(tmp_path, quick_world):
 
     from worldbench import bench
     cfg, f = quick_world
-    res = bench.bench(cfg, cases=1, seeds=1, split="test", steps=4, adapter_steps=2, adapter_data=8,
-                      acl_weights=(100.0,), out=tmp_path / "grid.png", json_out=tmp_path / "bench.json")
+    res = bench.bench(cfg, RunSettings(cases=1, seeds=1, split="test", steps=4),
+                      AdapterSettings(steps=2, count=8, acl_weights=(100.0,)), out=tmp_path / "grid.png",
+                      json_out=tmp_path / "bench.json")
     names = {v.name for v in bench.variants({"adapter": ""})}
     assert set(res["variants"]) == names
     row = res["per_case"][0]
@@ -600,14 +603,15 @@ def test_a_benchmark_adapter_resumes_from_its_newest_checkpoint(quick_world, mon
     from worldbench import bench
     cfg, f = quick_world
     steps = 7  # a setting no other test trains, so the cache holds no such adapter
-    adapter = f.dir / "adapters" / bench.adapter_file_name(100, steps, 4, 8, 8, "v", "cached", 1e-3, 8)
+    settings = AdapterSettings(steps=steps, count=8, acl_weights=(100.0,), read_rank=8, weighting="v", mode="cached")
+    adapter = f.dir / "adapters" / settings.resolved().file_name(100)
     adapter.parent.mkdir(exist_ok=True)
     for old in adapter.parent.glob(adapter.stem + "*"):
         old.unlink()
     assert bench.latest_checkpoint(adapter) is None
     for step in (2, 4, 6):
         (adapter.parent / f"{adapter.stem}.step{step:06d}.pt").write_bytes(b"x")
-    other = adapter.parent / bench.adapter_file_name(100, 800, 4, 8, 8, "v", "cached", 1e-3, 8).replace(
+    other = adapter.parent / replace(settings, steps=800).resolved().file_name(100).replace(
         ".safetensors", ".step009000.pt")
     other.write_bytes(b"x")
     seen = []
@@ -618,7 +622,7 @@ def test_a_benchmark_adapter_resumes_from_its_newest_checkpoint(quick_world, mon
         return subprocess.CompletedProcess(cmd, 0, "", "")
     monkeypatch.setattr(bench.subprocess, "run", trainer)
     try:
-        got = bench.train_adapters(cfg, steps, (100.0,), 8, read_rank=8, weighting="v", mode="cached")
+        got = bench.train_adapters(cfg, settings)
         assert got == {"adapter": adapter}
         cmd = seen[0]
         assert cmd[cmd.index("--resume") + 1] == str(adapter.parent / f"{adapter.stem}.step000006.pt")
@@ -626,7 +630,7 @@ def test_a_benchmark_adapter_resumes_from_its_newest_checkpoint(quick_world, mon
         assert cmd[cmd.index("--subject-loss-weight") + 1] == "0"  # the trainer's default, passed on
         assert not list(adapter.parent.glob(f"{adapter.stem}.step*.pt")) and other.is_file()
         assert json.loads(adapter.with_suffix(".json").read_text())["resumed_from"] == f"{adapter.stem}.step000006.pt"
-        bench.train_adapters(cfg, steps, (100.0,), 8, read_rank=8, weighting="v", mode="cached")
+        bench.train_adapters(cfg, settings)
         assert len(seen) == 1  # the adapter exists now: nothing is trained again
     finally:
         for old in [*adapter.parent.glob(adapter.stem + "*"), other]:
@@ -634,25 +638,56 @@ def test_a_benchmark_adapter_resumes_from_its_newest_checkpoint(quick_world, mon
 
 
 def test_adapter_file_names_hold_every_setting():
-    """Adapters with different settings never share a cache file; files named before lr was a setting keep their
-    names."""
-    from worldbench.bench import adapter_file_name
-    base = adapter_file_name(100, 1200, 4, 8, 8, "v", "cached", 1e-3, 600)
+    """Adapters with different settings never share a cache file; files named before lr (or the gain, the subject
+    loss, the lr schedule) was a setting keep their names; a setting left None is the trainer's default."""
+    from p3s_core.training.config import TrainConfig
+    at = AdapterSettings(steps=1200, read_rank=8, weighting="v", mode="cached")
+
+    def name(acl: float = 100, **kw) -> str:
+        return replace(at, **kw).resolved().file_name(acl)
+    base = name()
     assert base == "world_adapter_acl100_s1200_b4_r8_q8_v_cached_n600.safetensors"
-    others = {adapter_file_name(0, 1200, 4, 8, 8, "v", "cached", 1e-3, 600),
-              adapter_file_name(100, 1200, 4, 8, 8, "v", "cached", 5e-3, 600),
-              adapter_file_name(100, 1200, 4, 8, 8, "v", "per_step", 1e-3, 600),
-              adapter_file_name(100, 1200, 4, 8, 0, "eps", "cached", 1e-3, 600),
-              adapter_file_name(100, 2400, 4, 16, 8, "v", "cached", 1e-3, 2400),
-              adapter_file_name(100, 1200, 4, 8, 8, "v", "cached", 1e-3, 600, read_gain=True)}
+    others = {name(acl=0), name(lr=5e-3), name(mode="per_step"), name(read_rank=0, weighting="eps"),
+              name(steps=2400, rank=16, count=2400), name(read_gain=True)}
     assert base not in others and len(others) == 6
-    assert "_lr0.005_" in adapter_file_name(100, 1200, 4, 8, 8, "v", "cached", 5e-3, 600)
-    assert adapter_file_name(100, 1200, 4, 8, 8, "v", "cached", 1e-3, 600, read_gain=True).endswith("_cached_g_n600.safetensors")
-    assert adapter_file_name(100, 1200, 4, 8, 8, "v", "cached", 1e-3, 600, subject_loss=8.0).endswith(
-        "_cached_m8_n600.safetensors")
-    assert adapter_file_name(100, 1200, 4, 8, 8, "v", "cached", 1e-3, 600, subject_loss=3.0,
-                             lr_schedule="cosine").endswith("_cached_m3_cos_n600.safetensors")
-    assert adapter_file_name(100, 1200, 4, 8, 8, "v", "cached", 1e-3, 600, lr_schedule="constant") == base
+    assert "_lr0.005_" in name(lr=5e-3)
+    assert name(read_gain=True).endswith("_cached_g_n600.safetensors")
+    assert name(subject_loss=8.0).endswith("_cached_m8_n600.safetensors")
+    assert name(subject_loss=3.0, lr_schedule="cosine").endswith("_cached_m3_cos_n600.safetensors")
+    assert name(lr_schedule="constant") == base
+    r = AdapterSettings().resolved()
+    assert (r.read_rank, r.weighting, r.mode, r.read_gain, r.subject_attn, r.subject_loss, r.lr_schedule) == (
+        TrainConfig.read_rank, TrainConfig.loss_weighting, TrainConfig.reference_mode, TrainConfig.read_gain,
+        TrainConfig.subject_attn, TrainConfig.subject_loss_weight, TrainConfig.lr_schedule)
+    args = replace(at, subject_loss=3.0, lr_schedule="cosine").resolved().trainer_args(1e4)
+    flag = lambda f: args[args.index(f) + 1]  # noqa: E731
+    assert (flag("--steps"), flag("--acl-weight"), flag("--reference-mode"), flag("--subject-loss-weight"),
+            flag("--lr-schedule"), flag("--read-gain")) == ("1200", "10000", "cached", "3", "cosine", "0")
+
+
+def test_bench_command_line_builds_the_settings():
+    """The bench command's flags reach the run and adapter settings; an --adapter-* flag left out stays None (the
+    trainer's default), and --adapter-read-gain 0 is off, not 'unset'."""
+    import argparse
+
+    from worldbench.__main__ import _bench_args, adapter_settings, run_settings
+    p = argparse.ArgumentParser()
+    _bench_args(p)
+    a = p.parse_args(["--cases", "3", "--split", "val", "--weight", "2", "--start-percent", "0.2", "--fill", "flat",
+                      "--variants", "plain,cached,", "--adapter-steps", "50", "--acl-weights", "0", "1e4",
+                      "--adapter-read-gain", "0", "--adapter-lr-schedule", "cosine"])
+    assert run_settings(a) == RunSettings(cases=3, seeds=4, split="val", weight=2.0, window=(0.2, 1.0), fill="flat",
+                                          only=("plain", "cached"))
+    ad = adapter_settings(a)
+    assert (ad.steps, ad.acl_weights, ad.read_gain, ad.lr_schedule) == (50, (0.0, 1e4), False, "cosine")
+    assert ad.mode is None and ad.subject_loss is None and ad.read_rank is None
+    assert adapter_settings(p.parse_args([])) == AdapterSettings()
+    assert ad.variant_names() == ["adapter_acl0", "adapter"] and AdapterSettings().variant_names() == []
+    # a typo in --variants stops the command with the names, before any adapter trains or any world loads
+    from worldbench.__main__ import main
+    with pytest.raises(SystemExit, match="no variant named adapter_acl1 in this run.*adapter_acl0_sampler_step"):
+        main(["bench", "--quick", "--adapter-steps", "50", "--acl-weights", "0", "1e4",
+              "--variants", "plain,adapter_acl1"])
 
 
 def test_noise_levels_diagnostic_rows(quick_world, tmp_path):
@@ -663,7 +698,7 @@ def test_noise_levels_diagnostic_rows(quick_world, tmp_path):
     from p3s_core.adapter import P3SAdapter, adapter_state_dict, read_adapter_header
     from worldbench import bench, noise_levels
     cfg, _ = quick_world
-    trained = bench.train_adapters(cfg, 2, (100.0,), 8)["adapter"]  # the harness test's adapter (cached)
+    trained = bench.train_adapters(cfg, AdapterSettings(steps=2, count=8, acl_weights=(100.0,)))["adapter"]  # the harness test's adapter (cached)
     fresh = tmp_path / "fresh.safetensors"
     spec = read_adapter_header(trained)
     save_file(adapter_state_dict(P3SAdapter(spec)), str(fresh),

@@ -26,6 +26,7 @@ import numpy as np
 
 from . import config as config_mod
 from . import world
+from .settings import AdapterSettings, RunSettings
 
 
 def _cfg(a) -> config_mod.WorldConfig:
@@ -144,14 +145,14 @@ def cmd_files(a) -> None:
 def cmd_bench(a) -> None:
     from . import bench
     cfg = _cfg(a)
-    only = tuple(x for x in (a.variants or "").split(",") if x)
+    run, adapter = run_settings(a), adapter_settings(a)
+    try:
+        bench.check_variant_names(run.only, adapter.variant_names())
+    except ValueError as e:
+        raise SystemExit(f"worldbench bench: {e}") from None
     t0 = time.time()
-    res = bench.bench(cfg, a.cases, a.seeds, a.split, a.steps, a.cfg, a.weight, a.adapter_steps, a.adapter_data,
-                      tuple(a.acl_weights), only, Path(a.out) if a.out else None,
-                      Path(a.json) if a.json else None, a.threads, a.adapter_read_rank, a.adapter_weighting,
-                      a.adapter_mode, a.adapter_lr, a.adapter_read_gain, (a.start_percent, a.end_percent),
-                      a.adapter_subject_attn, a.fill, a.adapter_rank, subject_loss=a.adapter_subject_loss,
-                      lr_schedule=a.adapter_lr_schedule)
+    res = bench.bench(cfg, run, adapter, Path(a.out) if a.out else None, Path(a.json) if a.json else None,
+                      a.threads)
     print(f"== transfer benchmark: {cfg.name} world ({res['world']}), split {a.split}, {a.cases} cases x "
           f"{a.seeds} samples, {a.steps} steps euler/normal, cfg {a.cfg}, weight {a.weight}"
           + (f", P3S from {a.start_percent:g} to {a.end_percent:g}" if (a.start_percent, a.end_percent) != (0, 1) else "")
@@ -172,6 +173,23 @@ def cmd_bench(a) -> None:
         print(res["drawable_table"])
     print(f"best training-free variant: {res['best_training_free']} ({res['best_why']})")
     print(res["last_line"])
+
+
+def run_settings(a) -> RunSettings:
+    """The bench command's sampling settings."""
+    return RunSettings(cases=a.cases, seeds=a.seeds, split=a.split, steps=a.steps, cfg_scale=a.cfg, weight=a.weight,
+                       window=(a.start_percent, a.end_percent), fill=a.fill,
+                       only=tuple(x for x in (a.variants or "").split(",") if x))
+
+
+def adapter_settings(a) -> AdapterSettings:
+    """The bench command's adapter training settings (``--adapter-*``; None: the trainer's default)."""
+    return AdapterSettings(steps=a.adapter_steps, count=a.adapter_data, acl_weights=tuple(a.acl_weights),
+                           lr=a.adapter_lr, rank=a.adapter_rank, read_rank=a.adapter_read_rank,
+                           weighting=a.adapter_weighting, mode=a.adapter_mode,
+                           read_gain=None if a.adapter_read_gain is None else bool(a.adapter_read_gain),
+                           subject_attn=a.adapter_subject_attn, subject_loss=a.adapter_subject_loss,
+                           lr_schedule=a.adapter_lr_schedule)
 
 
 def cmd_pick(a) -> None:

@@ -44,9 +44,9 @@ from .pipeline import Clock, files, load_reader
 from .progress import progress
 from .paired import paired_difference, paired_table
 from .quality import wilson
+from .settings import REPO, AdapterSettings, RunSettings
 
 log = logging.getLogger("P3S")
-REPO = Path(__file__).resolve().parents[1]
 REGISTRAR = Path(__file__).resolve().parent / "world_registrar"
 PRESETS = ("constant", "ramp_up", "ramp_down", "cosine", "step")  # p3s_core.schedule.PRESETS (checked in tests)
 METRICS = ("clicked", "leak", "prompt", "ref_scene", "clicked_full", "leak_full", "class", "found")
@@ -210,19 +210,6 @@ def pick_score(summary: dict) -> float:
 
 
 # ---- adapters ----------------------------------------------------------------------------------------------
-def adapter_file_name(acl: float, steps: int, batch: int, rank: int, read_rank: int, weighting: str, mode: str,
-                      lr: float, count: int, read_gain: bool = False, subject_attn: int = 0,
-                      subject_loss: float = 0.0, lr_schedule: str = "constant") -> str:
-    """The cache name of a benchmark adapter: every training setting the benchmark varies."""
-    # lr is named only off 1e-3 (the benchmark's first value) and the gain only when on, so earlier files
-    # keep their names
-    tag = (f"q{read_rank}_{weighting}" + ("" if mode == "per_step" else f"_{mode}")
-           + ("" if lr == 1e-3 else f"_lr{lr:g}") + ("_g" if read_gain else "")
-           + (f"_x{subject_attn}" if subject_attn else "") + (f"_m{subject_loss:g}" if subject_loss else "")
-           + ("" if lr_schedule == "constant" else f"_{lr_schedule[:3]}"))
-    return f"world_adapter_acl{acl:g}_s{steps}_b{batch}_r{rank}_{tag}_n{count}.safetensors"
-
-
 # A benchmark adapter on the mid world trains for an hour or more on 2 CPU cores: it writes a checkpoint this
 # often, and a later run with the same settings resumes from the newest one (a killed or timed-out session
 # loses at most this many steps).
@@ -235,60 +222,48 @@ def latest_checkpoint(adapter: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def train_adapters(cfg: WorldConfig, steps: int, acl_weights: tuple[float, ...], count: int, batch: int = 4,
-                   lr: float = 1e-3, rank: int = 8, threads: int = 1, read_rank: int | None = None,
-                   weighting: str | None = None, mode: str | None = None, read_gain: bool | None = None,
-                   subject_attn: int | None = None, subject_loss: float | None = None,
-                   lr_schedule: str | None = None) -> dict[str, Path]:
+def train_adapters(cfg: WorldConfig, settings: AdapterSettings, threads: int = 1) -> dict[str, Path]:
     """Adapters trained by ``scripts/train_adapter.py --custom-node worldbench/world_registrar`` on an export of
-    ``count`` train-split pairs (train identities only), one per ACL weight; cached in the world folder.
-    ``read_rank`` / ``weighting`` / ``mode`` / ``read_gain`` / ``subject_attn`` / ``subject_loss`` /
-    ``lr_schedule``: the trainer's ``--read-rank`` / ``--loss-weighting`` / ``--reference-mode`` / ``--read-gain``
-    / ``--subject-attn`` / ``--subject-loss-weight`` / ``--lr-schedule`` (None: its defaults)."""
-    sys.path.append(str(REPO))
-    from p3s_core.training.config import TrainConfig
-    read_rank = TrainConfig.read_rank if read_rank is None else int(read_rank)
-    weighting = weighting or TrainConfig.loss_weighting
-    mode = mode or TrainConfig.reference_mode
-    read_gain = bool(TrainConfig.read_gain if read_gain is None else read_gain)
-    subject_attn = int(TrainConfig.subject_attn if subject_attn is None else subject_attn)
-    subject_loss = float(TrainConfig.subject_loss_weight if subject_loss is None else subject_loss)
-    lr_schedule = lr_schedule or TrainConfig.lr_schedule
+    ``settings.count`` train-split pairs (train identities only), one per ACL weight; cached in the world folder
+    under a name that holds every setting (``AdapterSettings.file_name``)."""
+    s = settings.resolved()
     from .export import export
     f = files(cfg)
-    data = f.dir / f"adapter_data_{count}"
-    if not (data / "manifest.jsonl").is_file() or len((data / "manifest.jsonl").read_text().splitlines()) != count:
-        export(data, count, "train", cfg.side)
+    data = f.dir / f"adapter_data_{s.count}"
+    if not (data / "manifest.jsonl").is_file() or len((data / "manifest.jsonl").read_text().splitlines()) != s.count:
+        export(data, s.count, "train", cfg.side)
     out = {}
-    for w in acl_weights:
-        path = f.dir / "adapters" / adapter_file_name(w, steps, batch, rank, read_rank, weighting, mode, lr, count,
-                                                            read_gain, subject_attn, subject_loss, lr_schedule)
+    for w, name in zip(s.acl_weights, s.variant_names()):
+        path = f.dir / "adapters" / s.file_name(w)
         if not path.is_file():
-            path.parent.mkdir(exist_ok=True)
-            resume = latest_checkpoint(path)
-            cmd = [sys.executable, str(REPO / "scripts" / "train_adapter.py"), "--custom-node", str(REGISTRAR),
-                   "--checkpoint", str(f.checkpoint), "--clip-vision", str(f.clip_vision), "--data", str(data),
-                   "--output", str(path), "--resolution", str(cfg.side), "--cpu", "--steps", str(steps),
-                   "--batch-size", str(batch), "--lr", str(lr), "--rank", str(rank), "--acl-weight", f"{w:g}",
-                   "--read-rank", str(read_rank), "--loss-weighting", weighting, "--reference-mode", mode,
-                   "--read-gain", str(int(read_gain)), "--subject-attn", str(subject_attn),
-                   "--subject-loss-weight", f"{subject_loss:g}", "--lr-schedule", lr_schedule,
-                   "--checkpoint-every", str(CHECKPOINT_EVERY), "--no-progress"] \
-                + (["--resume", str(resume)] if resume else [])
-            log.info("worldbench: training an adapter (ACL weight %g, %d steps%s)", w, steps,
-                     f", resumed from {resume.name}" if resume else "")
-            t0 = time.time()
-            run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=thread_env(threads))
-            if run.returncode != 0 or not path.is_file():
-                raise RuntimeError(f"adapter training failed ({run.returncode}):\n{run.stdout[-3000:]}"
-                                   f"\n{run.stderr[-3000:]}")
-            for old in path.parent.glob(f"{path.stem}.step*.pt"):  # done: the adapter file replaces them
-                old.unlink()
-            (path.with_suffix(".json")).write_text(json.dumps({"minutes": (time.time() - t0) / 60, "cmd": cmd[1:],
-                                                               "resumed_from": resume.name if resume else None,
-                                                               **loss_terms(run.stdout + run.stderr)}, indent=1))
-        out["adapter" if w == acl_weights[-1] else f"adapter_acl{w:g}"] = path
+            _train_one(cfg, s, w, path, data, threads)
+        out[name] = path
     return out
+
+
+def _train_one(cfg: WorldConfig, s: AdapterSettings, acl: float, path: Path, data: Path, threads: int) -> None:
+    """Trains one adapter into ``path``, resuming from its newest checkpoint; the adapter's JSON next to it
+    records the time, the command and the logged loss terms."""
+    f = files(cfg)
+    path.parent.mkdir(exist_ok=True)
+    resume = latest_checkpoint(path)
+    cmd = [sys.executable, str(REPO / "scripts" / "train_adapter.py"), "--custom-node", str(REGISTRAR),
+           "--checkpoint", str(f.checkpoint), "--clip-vision", str(f.clip_vision), "--data", str(data),
+           "--output", str(path), "--resolution", str(cfg.side), "--cpu", *s.trainer_args(acl),
+           "--checkpoint-every", str(CHECKPOINT_EVERY), "--no-progress"] \
+        + (["--resume", str(resume)] if resume else [])
+    log.info("worldbench: training an adapter (ACL weight %g, %d steps%s)", acl, s.steps,
+             f", resumed from {resume.name}" if resume else "")
+    t0 = time.time()
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=thread_env(threads))
+    if run.returncode != 0 or not path.is_file():
+        raise RuntimeError(f"adapter training failed ({run.returncode}):\n{run.stdout[-3000:]}"
+                           f"\n{run.stderr[-3000:]}")
+    for old in path.parent.glob(f"{path.stem}.step*.pt"):  # done: the adapter file replaces them
+        old.unlink()
+    (path.with_suffix(".json")).write_text(json.dumps({"minutes": (time.time() - t0) / 60, "cmd": cmd[1:],
+                                                       "resumed_from": resume.name if resume else None,
+                                                       **loss_terms(run.stdout + run.stderr)}, indent=1))
 
 
 def loss_terms(log_text: str) -> dict:
@@ -339,31 +314,33 @@ def _fetch(srv, entry: dict) -> np.ndarray:
     return np.stack([np.asarray(Image.open(io.BytesIO(srv.view(i))).convert("RGB")) for i in imgs])
 
 
-def run_variants(adapters: dict[str, Path], weight: float, window: tuple[float, float], fill: str,
-                 only: tuple[str, ...]) -> list[Variant]:
-    """The variants a run samples: all (``only`` empty) or those named in ``only``; a name no variant has is
-    refused before anything runs, not skipped in silence."""
-    schedules = any(n.startswith("adapter") and "_sampler_" in n for n in only)  # named in --variants only
-    vs = [v for v in variants({k: p.name for k, p in adapters.items()}, weight,
-                              {k: adapter_mode(p) for k, p in adapters.items()}, window, fill, schedules)
-          if not only or v.name in only]
-    unknown = sorted(set(only) - {v.name for v in vs})
+def check_variant_names(only: tuple[str, ...], adapter_names: list[str] | dict) -> None:
+    """Refuses a name in ``only`` (``--variants``) that no variant of a run with these adapters has, listing the
+    names, before anything trains or runs (a typo would otherwise sample nothing for that name in silence)."""
+    names = [v.name for v in variants({k: "" for k in adapter_names}, adapter_schedules=True)]
+    unknown = sorted(set(only) - set(names))
     if unknown:
         raise ValueError(f"--variants: no variant named {', '.join(unknown)} in this run; the names are "
-                         f"{', '.join(v.name for v in variants({k: '' for k in adapters}, adapter_schedules=True))}"
-                         + ("" if adapters else " (the adapter variants need --adapter-steps)"))
-    return vs
+                         f"{', '.join(names)}" + ("" if adapter_names else " (the adapter variants need --adapter-steps)"))
 
 
-def run_bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", steps: int = 20,
-              cfg_scale: float = 6.0, weight: float = 1.0, adapters: dict[str, Path] | None = None,
-              only: tuple[str, ...] = (), work: Path | None = None, grid_cases: int = 6, threads: int = 1,
-              window: tuple[float, float] = (0.0, 1.0), fill: str = "blur") -> dict:
-    """Runs every variant on ``cases`` cases of ``split`` x ``seeds`` samples through a real server.
-    Returns the results (per variant: n and each metric's share and 95 % interval) and the grid images."""
+def run_variants(adapters: dict[str, Path], run: RunSettings) -> list[Variant]:
+    """The variants a run samples: all (``run.only`` empty) or those named in it (checked first)."""
+    check_variant_names(run.only, adapters)
+    schedules = any(n.startswith("adapter") and "_sampler_" in n for n in run.only)  # named in --variants only
+    return [v for v in variants({k: p.name for k, p in adapters.items()}, run.weight,
+                                {k: adapter_mode(p) for k, p in adapters.items()}, run.window, run.fill, schedules)
+            if not run.only or v.name in run.only]
+
+
+def run_bench(cfg: WorldConfig, run: RunSettings, adapters: dict[str, Path] | None = None,
+              work: Path | None = None, grid_cases: int = 6, threads: int = 1) -> dict:
+    """Runs every variant on ``run.cases`` cases of ``run.split`` x ``run.seeds`` samples through a real
+    server. Returns the results (per variant: n and each metric's share and 95 % interval) and the grid."""
     import tempfile
     adapters = adapters or {}
-    vs = run_variants(adapters, weight, window, fill, only)
+    vs = run_variants(adapters, run)
+    cases, seeds, split = run.cases, run.seeds, run.split
     reader = load_reader(cfg)
     f = files(cfg)
     tally = {v.name: Tally() for v in vs}
@@ -388,7 +365,7 @@ def run_bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", ste
                 for v in vs:
                     t0 = time.time()
                     entry = srv.run(api_prompt(v, case, name, f.checkpoint.name, f.clip_vision.name, 1000 + k, seeds,
-                                               steps, cfg_scale), timeout=1800)
+                                               run.steps, run.cfg_scale), timeout=1800)
                     imgs = _fetch(srv, entry)
                     seconds[v.name] += time.time() - t0
                     images[v.name] = imgs[0]
@@ -403,8 +380,9 @@ def run_bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", ste
         finally:
             srv.stop()
             log_text = srv.log_path.read_text(errors="replace")
-    res = {"split": split, "cases": cases, "seeds": seeds, "steps": steps, "cfg": cfg_scale, "weight": weight,
-           "window": list(window), "fill": fill, "sampler": "euler/normal", "world": f.dir.name,
+    res = {"split": split, "cases": cases, "seeds": seeds, "steps": run.steps, "cfg": run.cfg_scale,
+           "weight": run.weight, "window": list(run.window), "fill": run.fill, "sampler": "euler/normal",
+           "world": f.dir.name,
            "time": clock.minutes(),
            "variants": {n: {**t.summary(), "seconds_per_prompt": seconds[n] / max(1, cases)}
                         for n, t in tally.items()},
@@ -516,35 +494,27 @@ def save_grid(grid: list, path: Path, best: str, scale: int = 2) -> list[str]:
     return ["reference + click"] + cols
 
 
-def bench(cfg: WorldConfig, cases: int, seeds: int, split: str = "test", steps: int = 20, cfg_scale: float = 6.0,
-          weight: float = 1.0, adapter_steps: int = 0, adapter_data: int = 600, acl_weights: tuple = (0.0, 100.0),
-          only: tuple[str, ...] = (), out: Path | None = None, json_out: Path | None = None,
-          threads: int | None = None, read_rank: int | None = None, weighting: str | None = None,
-          mode: str | None = None, adapter_lr: float = 1e-3, read_gain: bool | None = None,
-          window: tuple[float, float] = (0.0, 1.0), subject_attn: int | None = None, fill: str = "blur",
-          rank: int = 8, subject_loss: float | None = None, lr_schedule: str | None = None) -> dict:
-    """The whole benchmark: adapters (if ``adapter_steps``), every variant, the table, the grid, the last line."""
+def bench(cfg: WorldConfig, run: RunSettings, adapter: AdapterSettings | None = None, out: Path | None = None,
+          json_out: Path | None = None, threads: int | None = None) -> dict:
+    """The whole benchmark: adapters (if ``adapter.steps``), every variant, the table, the grid, the last line."""
     if not files(cfg).ready():
         raise SystemExit(f"worldbench: the world model {files(cfg).dir} is not trained: run "
                          f"python -m worldbench train{'' if cfg.name == 'default' else ' --' + cfg.name}")
     import torch
+    adapter = adapter or AdapterSettings()
+    check_variant_names(run.only, adapter.variant_names())  # before an adapter trains for an hour
     threads = threads or int(os.environ.get("P3S_WORLD_THREADS", 1))
     torch.set_num_threads(threads)
     clock = Clock()
-    adapters = train_adapters(cfg, adapter_steps, tuple(acl_weights), adapter_data, threads=threads,
-                              read_rank=read_rank, weighting=weighting, mode=mode, lr=adapter_lr,
-                              read_gain=read_gain, subject_attn=subject_attn, rank=rank,
-                              subject_loss=subject_loss, lr_schedule=lr_schedule) \
-        if adapter_steps > 0 else {}
+    adapters = train_adapters(cfg, adapter, threads=threads) if adapter.steps > 0 else {}
     adapter_time = clock.minutes()
-    run = run_bench(cfg, cases, seeds, split, steps, cfg_scale, weight, adapters, only, threads=threads,
-                    window=window, fill=fill)
-    res = run["results"]
+    got = run_bench(cfg, run, adapters, threads=threads)
+    res = got["results"]
     best, why = best_training_free(res, cfg)
     res.update(threads=threads, load_average=os.getloadavg()[0], best_training_free=best, best_why=why,
                adapter_training_time=adapter_time, total_time=clock.minutes())
-    if out is not None and run["grid"]:
-        res["grid"] = {"path": str(out), "columns": save_grid(run["grid"], Path(out), best)}
+    if out is not None and got["grid"]:
+        res["grid"] = {"path": str(out), "columns": save_grid(got["grid"], Path(out), best)}
     res["paired"] = {n: {m: paired_difference(res["per_case"], n, "plain", m) for m in ("clicked", "leak")}
                      for n in res["variants"] if n != "plain" and "plain" in res["variants"]}
     res["drawable"] = drawable_split(res)
