@@ -21,12 +21,15 @@ pass (the neck) between.
 4. A marker watershed splits the region between those markers along the passes. The clicked body is
    flooded from the disc around each click that is surely inside it and from the top of the click's
    hill, so a neighbour's flood cannot take the clicked body's top or the side of it nearer to the
-   neighbour's top than to the click.
+   neighbour's top than to the click. A negative point floods its body from the top of its hill too.
 5. A body joins the clicked side again only when the pass to it is as high as the lower of the two
    hills (``NECK``: no neck and no edge at all, e.g. the far end of one long body) and no outline runs
    along the border between them (``OUTLINE``: overlapping look-alikes have no neck); otherwise it is cut
    off (bench/selection.py measured cutting as the better default for touching look-alikes). A body a
    negative point marks, and the far parts, are always cut off.
+6. Where the clicked side meets the bodies cut off, a random walker on the colour image re-decides the
+   border within ``CORE`` pixels of it (``walker``): the flood knows the shape, not the image, and where
+   look-alikes overlap without a neck the outline of the one in front is the only trace of the border.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ import torch
 from scipy import ndimage
 
 from .features import sobel
+from .walker import walk
 
 Cell = tuple[int, int]
 
@@ -69,6 +73,10 @@ SLOPE_GAP = 0.45
 # at the top, touching look-alikes lost their markers (the top of a merged hill is often in the overlap).
 LOW = 0.6
 UP_SLOPE = 0.25
+# The random walker (``_walk_border``) re-decides the clicked side's border with the other bodies within this
+# many working-resolution pixels of it (seeds farther away); 4-6 within 0.003 on touching look-alikes, 0 (the
+# markers alone as seeds) and 2 worse (bench/selection.py, seeds 0 and 1).
+CORE = 5
 
 
 def gradient(lab: torch.Tensor) -> np.ndarray:
@@ -277,8 +285,12 @@ def split_lookalikes(region: np.ndarray, pos: list[Cell], neg: list[Cell], auto:
     if not neg and not others and not far.any():
         return region
     summits = _summits(land, pos, others + neg)
-    cells = others + summits + pos + neg
-    kinds = ["other"] * len(others) + ["pos"] * (len(summits) + len(pos)) + ["neg"] * len(neg)
+    # a negative point marks its body from the top of its hill too (else the clicked side's flood takes
+    # that top before the water reaches the negative point, and the point cuts off only its surroundings)
+    neg_tops = _summits(land, neg, others + summits + pos)
+    cells = others + summits + neg_tops + pos + neg
+    kinds = ["other"] * len(others) + ["pos"] * len(summits) + ["neg"] * len(neg_tops) + ["pos"] * len(pos) \
+        + ["neg"] * len(neg)
     markers = np.zeros(keep.shape, np.int32)
     for i, (r, c) in enumerate(cells):
         markers[r, c] = i + 1  # later wins: a click beats a found body, a negative point on a positive cancels it
@@ -291,6 +303,31 @@ def split_lookalikes(region: np.ndarray, pos: list[Cell], neg: list[Cell], auto:
     peak = np.asarray(ndimage.maximum(land, basins, index=np.arange(k)), dtype=float)
     outline = None if mag is None else _outlines(basins, mag, keep, k)
     side = _join(kinds, _passes(basins, land, k), peak, NECK, outline)
+    inside = keep & np.isin(basins, list(side))
+    if lab is not None:
+        inside = _walk_border(keep, inside, lab[0, :, crop[0], crop[1]].numpy(), pos, neg)
     out = np.zeros_like(region)
-    out[crop] = keep & np.isin(basins, list(side))
+    out[crop] = inside
     return out
+
+
+def _walk_border(keep: np.ndarray, inside: np.ndarray, lab: np.ndarray, pos: list[Cell], neg: list[Cell]) -> np.ndarray:
+    """The clicked side ``inside`` of ``keep`` with its border against the other bodies re-decided by a random
+    walker on the colour image (``walker``), between the two sides' cores (farther than ``CORE`` from the
+    other side) and the clicks; the part connected to the positive clicks is kept. The border against the
+    background is not moved."""
+    others = keep & ~inside
+    if not others.any() or not inside.any():
+        return inside
+    fg = inside & (ndimage.distance_transform_edt(~others) > CORE)
+    bg = others & (ndimage.distance_transform_edt(~inside) > CORE)
+    for cells, seeds in ((pos, fg), (neg, bg)):
+        for cell in cells:
+            seeds[cell] = keep[cell]
+    prob = walk(keep, lab, fg, bg)
+    if prob is None:
+        return inside
+    new = keep & (prob > 0.5)
+    ids, _ = ndimage.label(new)
+    kept = {int(ids[p]) for p in pos if new[p]} - {0}
+    return np.isin(ids, list(kept)) if kept else inside
