@@ -13,7 +13,7 @@ from scipy import sparse
 from scipy.sparse.linalg import spsolve
 
 # Edge weight exp(-BETA x squared Lab step / its mean over the region): 4-16 within 0.002 of 8 on touching
-# look-alikes (bench/selection.py, seeds 0 and 1); unsmoothed Lab beat a 0.7-1.5 px blur by 0.005.
+# look-alikes (bench/selection.py, seeds 0 and 1); unsmoothed Lab beat a 0.7-1.5 px blur by 0.002-0.005.
 BETA = 8.0
 
 
