@@ -134,6 +134,36 @@ def quick_world(host):
     return cfg, f
 
 
+def test_a_restarted_world_trains_only_the_unet_on_from_its_base(quick_world):
+    """A world whose U-Net restarts (``restart_steps``, as ``mid_long``) reuses the trained world without the
+    restart: the same text encoder, autoencoder, readers and CLIP vision, a U-Net trained on from the base's
+    (changed, not retrained from scratch), its own cache folder; the base's files are left as they were, and
+    the option keeps the keys (and caches) of the worlds trained before it."""
+    from worldbench import config, pipeline
+    from worldbench.pipeline import _load
+    cfg, f = quick_world
+    assert config.MID.key() == "fd310be413c8" and config.MID_LONG.base().name == "mid"
+    assert config.MID_LONG.base().key() == config.MID.key() != config.MID_LONG.key()
+    assert config.MID_LONG.train_command() == "python -m worldbench train --mid-long"
+    base_before = f.checkpoint.read_bytes()
+    restarted = replace(cfg, name="quick_restart", unet=replace(cfg.unet, restart_steps=3))
+    assert restarted.base() == cfg
+    g = pipeline.train_world(restarted)
+    assert g.ready() and g.dir != f.dir and f.checkpoint.read_bytes() == base_before
+    a, b = _load(f.checkpoint), _load(g.checkpoint)
+    assert a.keys() == b.keys()
+    unet_keys = [k for k in a if k.startswith("model.diffusion_model.")]
+    assert all(torch.equal(a[k], b[k]) for k in a if k not in unet_keys)  # text encoder, autoencoder
+    assert any(not torch.equal(a[k], b[k]) for k in unet_keys)
+    # three steps from the base's weights: close to them, unlike a U-Net trained from scratch
+    moved = max(float((a[k] - b[k]).abs().max()) for k in unet_keys)
+    assert 0 < moved < 0.05
+    assert g.reader.read_bytes() == f.reader.read_bytes() and g.vae.read_bytes() == f.vae.read_bytes()
+    m = json.loads(g.metrics.read_text())
+    assert m["unet_restart"]["steps"] == 3 and m["base"] == f.dir.name and "reader_clean" in m
+    assert pipeline.train_world(restarted).checkpoint.read_bytes() == g.checkpoint.read_bytes()  # cached
+
+
 def test_reader_reads_clean_heldout_renders(quick_world):
     from worldbench import pipeline, reader_train
     cfg, _ = quick_world

@@ -1,6 +1,6 @@
 """worldbench command line (run from the repository root with the host's python):
 
-    python -m worldbench train [--quick | --gpu]        # train (or reuse) the world model; quality gate
+    python -m worldbench train [--quick | --mid | --mid-long | --gpu]   # train (or reuse) the world model; quality gate
     python -m worldbench reader-eval [--quick | --gpu]  # the reader's accuracy on held-out renders
     python -m worldbench quality [--quick | --gpu]      # the world model's quality gate (KSampler + reader)
     python -m worldbench render --out DIR [--cases test] [--count N]
@@ -31,7 +31,7 @@ from .settings import AdapterSettings, RunSettings
 
 def _cfg(a) -> config_mod.WorldConfig:
     return config_mod.get("quick" if a.quick else "gpu" if a.gpu else "small" if a.small else "mid" if a.mid
-                          else "default")
+                          else "mid_long" if a.mid_long else "default")
 
 
 def _print(title: str, d: dict) -> None:
@@ -317,6 +317,8 @@ def main(argv: list[str] | None = None) -> None:
         g.add_argument("--gpu", action="store_true", help="the larger config (uses CUDA when present)")
         g.add_argument("--small", action="store_true", help="a smaller model for experiments")
         g.add_argument("--mid", action="store_true", help="128 px images (16x16 latents), about 112 min on 2 cores")
+        g.add_argument("--mid-long", action="store_true",
+                       help="the mid world's U-Net trained 5000 steps more (about 60 min after --mid)")
         s.set_defaults(fn=fn)
         return s
 

@@ -498,8 +498,8 @@ def bench(cfg: WorldConfig, run: RunSettings, adapter: AdapterSettings | None = 
           json_out: Path | None = None, threads: int | None = None) -> dict:
     """The whole benchmark: adapters (if ``adapter.steps``), every variant, the table, the grid, the last line."""
     if not files(cfg).ready():
-        raise SystemExit(f"worldbench: the world model {files(cfg).dir} is not trained: run "
-                         f"python -m worldbench train{'' if cfg.name == 'default' else ' --' + cfg.name}")
+        raise SystemExit(f"worldbench: the world model {files(cfg).dir} is not trained: "
+                         f"run {cfg.train_command()}")
     import torch
     adapter = adapter or AdapterSettings()
     check_variant_names(run.only, adapter.variant_names())  # before an adapter trains for an hour

@@ -3,6 +3,9 @@
     autoencoder -> reader (clean renders) -> reader fine-tune (+ autoencoder round trips)
     -> latents of the training images -> U-Net -> world.safetensors + world_clip_vision.safetensors
 
+A world whose U-Net restarts (``UNetConfig.restart_steps``, e.g. ``mid_long``) first trains or reuses the world
+without the restart, copies its autoencoder, readers and CLIP vision, and trains only the U-Net on.
+
 A stage whose output file exists is skipped, so an interrupted run continues (the autoencoder and the
 U-Net also keep resume files) and a finished one is reused as is. Figures go to metrics.json, the log to train.log.
 """
@@ -12,7 +15,7 @@ import json
 import logging
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -201,6 +204,8 @@ def train_world(cfg: WorldConfig, gpu: bool = False) -> WorldFiles:
     """Every stage that is not cached yet; returns the files."""
     import os
     torch.set_num_threads(int(os.environ.get("P3S_WORLD_THREADS", cfg.threads)))
+    if cfg.unet.restart_steps:
+        base = train_world(cfg.base(), gpu)  # first the world it restarts from (cached when trained)
     f = files(cfg)
     f.dir.mkdir(parents=True, exist_ok=True)
     (f.dir / "config.json").write_text(cfg.to_json())
@@ -211,46 +216,85 @@ def train_world(cfg: WorldConfig, gpu: bool = False) -> WorldFiles:
     t_all = Clock()
     try:
         comfy_env.setup(gpu)
-        from . import family, unet
-        if not f.vae.is_file():
-            log.info("worldbench: training the autoencoder")
-            ae = _stage_autoencoder(cfg, f)
+        if cfg.unet.restart_steps:
+            _stage_restart(cfg, f, base)
         else:
-            ae = autoencoder.build()
-            ae.load_state_dict(_load(f.vae))
-            ae.eval()
-        if not f.reader_base.is_file():
-            log.info("worldbench: training the reader on clean renders")
-            _stage_reader(cfg, f)
-        if not f.reader.is_file():
-            if cfg.reader.finetune_steps > 0:
-                log.info("worldbench: fine-tuning the reader on autoencoder round trips")
-                _stage_reader(cfg, f, ae)
-            else:
-                f.reader.write_bytes(f.reader_base.read_bytes())
-        if not f.checkpoint.is_file():
-            data = _stage_latents(cfg, f, ae)
-            text_sd = family.text_encoder_state(cfg.seed + 100)
-            model = unet.build(cfg.unet, cfg.seed)
-            vae_sd = autoencoder.state_dict(ae)
-            ctx, empty, uniq = encode_captions(cfg, f, data["captions"], text_sd, model.diffusion_model.state_dict(),
-                                               vae_sd)
-            index = {c: i for i, c in enumerate(uniq)}
-            ids = torch.tensor([index[c] for c in data["captions"]])
-            clock = Clock()
-            log.info("worldbench: training the U-Net (%d images, %d captions)", len(ids), len(uniq))
-            ema_sd, hist = unet.train(model, data["latents"], ids, ctx, empty, cfg.unet, cfg.seed, resume=f.unet_resume)
-            _save(checkpoint_state(ema_sd, text_sd, vae_sd), f.checkpoint,
-                  metadata={"p3s_world": cfg.key(), "config": cfg.to_json()})
-            f.unet_resume.unlink(missing_ok=True)
-            n = len(hist)
-            update_metrics(f, unet={"steps": n, "loss_first_200": sum(hist[:200]) / max(1, min(200, n)),
-                                    "loss_last_500": sum(hist[-500:]) / max(1, min(500, n)),
-                                    "params_M": sum(v.numel() for v in ema_sd.values()) / 1e6,
-                                    "captions": len(uniq), **clock.minutes(), "latents_time": data.get("time")})
-        if not f.clip_vision.is_file():
-            _save(family.vision_state(cfg.seed + 200), f.clip_vision)
+            _stages(cfg, f)
         update_metrics(f, train_last_run=t_all.minutes())
     finally:
         log.removeHandler(handler)
     return f
+
+
+def _stages(cfg: WorldConfig, f: WorldFiles) -> None:
+    from . import family, unet
+    if not f.vae.is_file():
+        log.info("worldbench: training the autoencoder")
+        ae = _stage_autoencoder(cfg, f)
+    else:
+        ae = autoencoder.build()
+        ae.load_state_dict(_load(f.vae))
+        ae.eval()
+    if not f.reader_base.is_file():
+        log.info("worldbench: training the reader on clean renders")
+        _stage_reader(cfg, f)
+    if not f.reader.is_file():
+        if cfg.reader.finetune_steps > 0:
+            log.info("worldbench: fine-tuning the reader on autoencoder round trips")
+            _stage_reader(cfg, f, ae)
+        else:
+            f.reader.write_bytes(f.reader_base.read_bytes())
+    if not f.checkpoint.is_file():
+        data = _stage_latents(cfg, f, ae)
+        text_sd = family.text_encoder_state(cfg.seed + 100)
+        model = unet.build(cfg.unet, cfg.seed)
+        vae_sd = autoencoder.state_dict(ae)
+        _train_unet(cfg, f, model, data, text_sd, vae_sd, cfg.unet, cfg.seed, "unet")
+    if not f.clip_vision.is_file():
+        _save(family.vision_state(cfg.seed + 200), f.clip_vision)
+
+
+def _train_unet(cfg: WorldConfig, f: WorldFiles, model, data: dict, text_sd: dict, vae_sd: dict, ucfg, seed: int,
+                key: str) -> None:
+    """Trains ``model``'s U-Net on the latents with ``ucfg`` and writes the checkpoint; figures under ``key``."""
+    from . import unet
+    ctx, empty, uniq = encode_captions(cfg, f, data["captions"], text_sd, model.diffusion_model.state_dict(), vae_sd)
+    index = {c: i for i, c in enumerate(uniq)}
+    ids = torch.tensor([index[c] for c in data["captions"]])
+    clock = Clock()
+    log.info("worldbench: training the U-Net (%d images, %d captions, %d steps)", len(ids), len(uniq), ucfg.steps)
+    ema_sd, hist = unet.train(model, data["latents"], ids, ctx, empty, ucfg, seed, resume=f.unet_resume, desc=key)
+    _save(checkpoint_state(ema_sd, text_sd, vae_sd), f.checkpoint,
+          metadata={"p3s_world": cfg.key(), "config": cfg.to_json()})
+    f.unet_resume.unlink(missing_ok=True)
+    n = len(hist)
+    update_metrics(f, **{key: {"steps": n, "loss_first_200": sum(hist[:200]) / max(1, min(200, n)),
+                               "loss_last_500": sum(hist[-500:]) / max(1, min(500, n)),
+                               "params_M": sum(v.numel() for v in ema_sd.values()) / 1e6,
+                               "captions": len(uniq), **clock.minutes(), "latents_time": data.get("time")}})
+
+
+def _stage_restart(cfg: WorldConfig, f: WorldFiles, base: WorldFiles) -> None:
+    """The U-Net of ``base`` (the same world without the restart) trained on for ``restart_steps`` more steps
+    from its EMA weights, one more cosine cycle from the recipe's lr; everything else is the base's (copied,
+    so the world stands on its own; its figures start as the base's)."""
+    from . import unet
+    for name in ("vae", "reader_base", "reader", "clip_vision"):
+        src, dst = getattr(base, name), getattr(f, name)
+        if not dst.is_file():
+            dst.write_bytes(src.read_bytes())
+    if f.checkpoint.is_file():
+        return
+    if not f.metrics.is_file():
+        f.metrics.write_text(json.dumps({**_metrics(base), "base": base.dir.name}, indent=1))
+    sd = _load(base.checkpoint)
+    parts = {p: {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}
+             for p in ("model.diffusion_model.", "first_stage_model.")}
+    text_sd = {k: v for k, v in sd.items() if not k.startswith(tuple(parts))}
+    model = unet.build(cfg.unet, cfg.seed)
+    model.diffusion_model.load_state_dict(parts["model.diffusion_model."])
+    data = torch.load(base.latents, weights_only=False)
+    log.info("worldbench: restarting the U-Net of %s for %d steps", base.dir.name, cfg.unet.restart_steps)
+    # seed + 7: the restart draws other batches and noise than the first cycle
+    _train_unet(cfg, f, model, data, text_sd, parts["first_stage_model."],
+                replace(cfg.unet, steps=cfg.unet.restart_steps), cfg.seed + 7, "unet_restart")

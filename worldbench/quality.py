@@ -28,8 +28,8 @@ class WorldHost:
         import folder_paths
         self.cfg, self.f = cfg, files(cfg)
         if not self.f.ready():
-            raise SystemExit(f"worldbench: the world model {self.f.dir} is not trained: run "
-                             f"python -m worldbench train{'' if cfg.name == 'default' else ' --' + cfg.name}")
+            raise SystemExit(f"worldbench: the world model {self.f.dir} is not trained: "
+                             f"run {cfg.train_command()}")
         self.nodes = comfy_env.import_nodes()
         for kind in ("checkpoints", "clip_vision"):
             if str(self.f.dir) not in folder_paths.get_folder_paths(kind):
