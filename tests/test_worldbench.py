@@ -161,6 +161,7 @@ def test_a_restarted_world_trains_only_the_unet_on_from_its_base(quick_world):
     assert g.reader.read_bytes() == f.reader.read_bytes() and g.vae.read_bytes() == f.vae.read_bytes()
     m = json.loads(g.metrics.read_text())
     assert m["unet_restart"]["steps"] == 3 and m["base"] == f.dir.name and "reader_clean" in m
+    assert m["unet"] == json.loads(f.metrics.read_text())["unet"] and "quality" not in m  # not measured on it
     assert pipeline.train_world(restarted).checkpoint.read_bytes() == g.checkpoint.read_bytes()  # cached
 
 

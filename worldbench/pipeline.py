@@ -285,8 +285,9 @@ def _stage_restart(cfg: WorldConfig, f: WorldFiles, base: WorldFiles) -> None:
             dst.write_bytes(src.read_bytes())
     if f.checkpoint.is_file():
         return
-    if not f.metrics.is_file():
-        f.metrics.write_text(json.dumps({**_metrics(base), "base": base.dir.name}, indent=1))
+    if not f.metrics.is_file():  # the stages it shares with the base (and the base's first U-Net cycle)
+        shared = {k: v for k, v in _metrics(base).items() if k.startswith(("autoencoder", "reader", "unet"))}
+        f.metrics.write_text(json.dumps({**shared, "base": base.dir.name}, indent=1))
     sd = _load(base.checkpoint)
     parts = {p: {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}
              for p in ("model.diffusion_model.", "first_stage_model.")}
