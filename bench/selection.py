@@ -235,6 +235,35 @@ def _median_ms(image: torch.Tensor, pts: PointSet, reps: int) -> list[float]:
     return times
 
 
+def walker_cost(size: int = 1024, scenes: int = 6, reps: int = 5) -> tuple[float, float, int, int]:
+    """What the random walker on the border between touching look-alikes costs: median ms per selection on
+    touching look-alikes at ``size`` px (one click per target), with the walker and without it, interleaved
+    in one process; and how many of the selections ran the walker, of how many."""
+    from p3s_core import split
+    rng = np.random.default_rng(321)
+    calls = [(torch.from_numpy(sc.image), PointSet.from_pixels(positive=[click_point(m)], width=size, height=size))
+             for sc in (make_scene(rng, "touching", size) for _ in range(scenes)) for m in sc.masks]
+    walked, real = 0, split._walk_border
+
+    def counted(keep, inside, *rest):
+        nonlocal walked
+        walked += 1
+        return real(keep, inside, *rest)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    try:
+        for rep in range(reps + 1):  # the first round warms up
+            for on in (True, False):
+                split._walk_border = counted if on else (lambda keep, inside, *rest: inside)
+                for image, pts in calls:
+                    t0 = time.perf_counter()
+                    select_subject(image, pts)
+                    if rep:
+                        times[on].append((time.perf_counter() - t0) * 1000)
+    finally:
+        split._walk_border = real
+    return statistics.median(times[True]), statistics.median(times[False]), walked // (reps + 1), len(calls)
+
+
 def timing(size: int = 1024, reps: int = 15) -> tuple[float, float]:
     """Median ms at size x size, 1 positive + 1 negative point: (textured image, flat background).
     The two are interleaved in one process so machine load hits both alike."""
@@ -313,6 +342,10 @@ def main() -> None:
         ms, ms_flat = timing()
         print(f"1024x1024, 1+1 points, median of 15: textured {ms:.1f} ms, flat {ms_flat:.1f} ms, "
               f"ratio {ms / ms_flat:.2f} ({args.threads} threads; load average {os.getloadavg()[0]:.2f})")
+        with_walk, without, walked, total = walker_cost()
+        print(f"touching look-alikes at 1024 px, one click, median: {with_walk:.1f} ms with the border walker, "
+              f"{without:.1f} ms without (ratio {with_walk / without:.2f}; the walker ran in {walked} of {total} "
+              f"selections, interleaved)")
         big_run()
     sep, tou = figs.get("separated", (0, 0, 0)), figs.get("touching", (0, 0, 0))
     print(f"selection separated_iou={sep[0]:.2f} separated_acc={sep[1]:.2f} touching_iou={tou[0]:.2f} "

@@ -97,8 +97,7 @@ def load_reader(cfg: WorldConfig, path: Path | None = None):
 
 def load_autoencoder(cfg: WorldConfig):
     ae = autoencoder.build()
-    ae.load_state_dict({k[len("first_stage_model."):]: v for k, v in _load(files(cfg).checkpoint).items()
-                        if k.startswith("first_stage_model.")} if files(cfg).checkpoint.is_file()
+    ae.load_state_dict(split_checkpoint(_load(files(cfg).checkpoint))[2] if files(cfg).checkpoint.is_file()
                        else _load(files(cfg).vae))
     return ae.eval()
 
@@ -180,6 +179,14 @@ def checkpoint_state(unet_sd: dict, text_sd: dict, vae_sd: dict) -> dict:
     sd.update(text_sd)
     sd.update({"first_stage_model." + k: v.float() for k, v in vae_sd.items()})
     return sd
+
+
+def split_checkpoint(sd: dict) -> tuple[dict, dict, dict]:
+    """(U-Net, text encoder, VAE) state dicts of a checkpoint ``checkpoint_state`` wrote."""
+    unet_p, vae_p = "model.diffusion_model.", "first_stage_model."
+    return ({k[len(unet_p):]: v for k, v in sd.items() if k.startswith(unet_p)},
+            {k: v for k, v in sd.items() if not k.startswith((unet_p, vae_p))},
+            {k[len(vae_p):]: v for k, v in sd.items() if k.startswith(vae_p)})
 
 
 def encode_captions(cfg: WorldConfig, f: WorldFiles, captions: list[str], text_sd: dict, unet_sd: dict,
@@ -277,7 +284,7 @@ def _train_unet(cfg: WorldConfig, f: WorldFiles, model, data: dict, text_sd: dic
 def _stage_restart(cfg: WorldConfig, f: WorldFiles, base: WorldFiles) -> None:
     """The U-Net of ``base`` (the same world without the restart) trained on for ``restart_steps`` more steps
     from its EMA weights, one more cosine cycle from the recipe's lr; everything else is the base's (copied,
-    so the world stands on its own; its figures start as the base's)."""
+    so the world stands on its own; its figures start as those of the stages it shares with the base)."""
     from . import unet
     for name in ("vae", "reader_base", "reader", "clip_vision"):
         src, dst = getattr(base, name), getattr(f, name)
@@ -288,14 +295,11 @@ def _stage_restart(cfg: WorldConfig, f: WorldFiles, base: WorldFiles) -> None:
     if not f.metrics.is_file():  # the stages it shares with the base (and the base's first U-Net cycle)
         shared = {k: v for k, v in _metrics(base).items() if k.startswith(("autoencoder", "reader", "unet"))}
         f.metrics.write_text(json.dumps({**shared, "base": base.dir.name}, indent=1))
-    sd = _load(base.checkpoint)
-    parts = {p: {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}
-             for p in ("model.diffusion_model.", "first_stage_model.")}
-    text_sd = {k: v for k, v in sd.items() if not k.startswith(tuple(parts))}
+    unet_sd, text_sd, vae_sd = split_checkpoint(_load(base.checkpoint))
     model = unet.build(cfg.unet, cfg.seed)
-    model.diffusion_model.load_state_dict(parts["model.diffusion_model."])
+    model.diffusion_model.load_state_dict(unet_sd)
     data = torch.load(base.latents, weights_only=False)
     log.info("worldbench: restarting the U-Net of %s for %d steps", base.dir.name, cfg.unet.restart_steps)
     # seed + 7: the restart draws other batches and noise than the first cycle
-    _train_unet(cfg, f, model, data, text_sd, parts["first_stage_model."],
-                replace(cfg.unet, steps=cfg.unet.restart_steps), cfg.seed + 7, "unet_restart")
+    _train_unet(cfg, f, model, data, text_sd, vae_sd, replace(cfg.unet, steps=cfg.unet.restart_steps),
+                cfg.seed + 7, "unet_restart")
