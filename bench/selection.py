@@ -29,7 +29,12 @@ family's ``off`` IoU, ``off_min`` the lowest ``off`` IoU over families (a refuse
 ``touching_neg2`` the touching family's IoU after a user's corrections (``corrected``: where one click took in
 a look-alike, up to two negative points at the deepest points of the look-alikes it took).
 
+``--diagnose DIR`` lists every deep click whose IoU is below 0.75, with the kind of loss and, for over-selection,
+how strong an outline and how deep a neck the true border offered, and writes a picture of each into DIR
+(``bench/selection_diagnose.py``).
+
 Usage: python bench/selection.py [--scenes 40] [--size 512] [--seed 0] [--dreambooth GIT_DIR] [--threads 2]
+       [--families touching,...] [--diagnose DIR]
 """
 from __future__ import annotations
 
@@ -54,6 +59,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from p3s_core.features import rgb_to_lab  # noqa: E402
 from p3s_core.points import PointSet  # noqa: E402
 from p3s_core.rngr import select_subject  # noqa: E402
+from selection_diagnose import captured_split, finding, picture  # noqa: E402
 from selection_scenes import FAMILIES, click_point, make_scene, off_centre_point  # noqa: E402
 
 
@@ -143,22 +149,31 @@ def corrected(image: np.ndarray, masks: list[np.ndarray], j: int, sel: np.ndarra
     return sel, len(negs)
 
 
-def run_family(family: str, n: int, size: int, seed: int, **kwargs) -> dict:
+def run_family(family: str, n: int, size: int, seed: int, diagnose: Path | None = None, line: float = 0.75,
+               **kwargs) -> dict:
+    """One family's figures. ``diagnose``: a folder; every deep click whose IoU is below ``line`` gets a row in
+    ``out["findings"]`` and a picture there (``selection_diagnose``)."""
     rng = np.random.default_rng([seed, FAMILIES.index(family)])
     off_rng = np.random.default_rng([seed, FAMILIES.index(family), 1])  # apart: the scenes stay as they were
     out = {"iou": [], "base": [], "acc": [], "refused": 0, "thin": [], "off": [], "precision": [], "recall": [],
-           "neg2": [], "corrected": 0}
-    for _ in range(n):
+           "neg2": [], "corrected": 0, "findings": []}
+    for si in range(n):
         scene = make_scene(rng, family, size)
         if len(scene.masks) < 2:
             continue
         for j, m in enumerate(scene.masks):
             click = click_point(m)
-            sel = pack_select(scene.image, [click], **kwargs)
+            with captured_split() as seen:
+                sel = pack_select(scene.image, [click], **kwargs)
             if sel is None:
                 out["refused"] += 1
                 sel = np.zeros_like(m)
             ious = [iou(sel, o) for o in scene.masks]
+            if diagnose is not None and ious[j] < line:
+                found = finding(si, j, scene.masks, sel, seen.get("lab"))
+                out["findings"].append(found)
+                if seen:
+                    picture(scene.image, m, seen, diagnose / f"{family}_s{seed}_{si:03d}_{j}.png")
             out["iou"].append(ious[j])
             out["precision"].append(float((sel & m).sum() / max(1, sel.sum())))
             out["recall"].append(float((sel & m).sum() / max(1, m.sum())))
@@ -306,12 +321,18 @@ def main() -> None:
                     help="git directory of a fetched google/dreambooth")
     ap.add_argument("--no-timing", action="store_true")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the goal is for 2)")
+    ap.add_argument("--diagnose", type=Path, default=None,
+                    help="folder: one row and one picture per deep click with IoU below 0.75 (bench/selection_diagnose.py)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
     figs, refused, margins, offs, negs = {}, 0, [], {}, {}
     for fam in args.families.split(","):
-        r = run_family(fam, args.scenes, args.size, args.seed)
+        if args.diagnose is not None:
+            args.diagnose.mkdir(parents=True, exist_ok=True)
+        r = run_family(fam, args.scenes, args.size, args.seed, args.diagnose)
+        for f in r["findings"]:
+            print(f"  {fam} {f.row()}")
         figs[fam] = (float(np.mean(r["iou"])), float(np.mean(r["acc"])), float(np.mean(r["base"])))
         refused += r["refused"]
         margins.append(figs[fam][0] - figs[fam][2])
