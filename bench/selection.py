@@ -311,7 +311,7 @@ def big_run() -> None:
     print(f"4096x4096: {ms:.0f} ms, peak RSS {peak:.0f} MiB (before the call {before:.0f} MiB)")
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scenes", type=int, default=40, help="scenes per family")
     ap.add_argument("--size", type=int, default=512)
@@ -323,7 +323,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the goal is for 2)")
     ap.add_argument("--diagnose", type=Path, default=None,
                     help="folder: one row and one picture per deep click with IoU below 0.75 (bench/selection_diagnose.py)")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = _args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
     figs, refused, margins, offs, negs = {}, 0, [], {}, {}
