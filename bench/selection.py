@@ -33,8 +33,12 @@ a look-alike, up to two negative points at the deepest points of the look-alikes
 how strong an outline and how deep a neck the true border offered, and writes a picture of each into DIR
 (``bench/selection_diagnose.py``).
 
+``--heldout`` runs the families of a second generator (``bench/selection_heldout.py``: other shapes, surfaces,
+backgrounds) that no constant was tuned on, and prints ``heldout separated_iou=.. separated_baseline=..
+touching_iou=.. touching_baseline=.. off_touching=..``.
+
 Usage: python bench/selection.py [--scenes 40] [--size 512] [--seed 0] [--dreambooth GIT_DIR] [--threads 2]
-       [--families touching,...] [--diagnose DIR]
+       [--families touching,...] [--heldout] [--diagnose DIR]
 """
 from __future__ import annotations
 
@@ -60,6 +64,7 @@ from p3s_core.features import rgb_to_lab  # noqa: E402
 from p3s_core.points import PointSet  # noqa: E402
 from p3s_core.rngr import select_subject  # noqa: E402
 from selection_diagnose import captured_split, finding, picture  # noqa: E402
+from selection_heldout import HELDOUT_FAMILIES, make_heldout  # noqa: E402
 from selection_scenes import FAMILIES, click_point, make_scene, off_centre_point  # noqa: E402
 
 
@@ -153,12 +158,14 @@ def run_family(family: str, n: int, size: int, seed: int, diagnose: Path | None 
                **kwargs) -> dict:
     """One family's figures. ``diagnose``: a folder; every deep click whose IoU is below ``line`` gets a row in
     ``out["findings"]`` and a picture there (``selection_diagnose``)."""
-    rng = np.random.default_rng([seed, FAMILIES.index(family)])
-    off_rng = np.random.default_rng([seed, FAMILIES.index(family), 1])  # apart: the scenes stay as they were
+    index = (FAMILIES + HELDOUT_FAMILIES).index(family)
+    make = make_heldout if family in HELDOUT_FAMILIES else make_scene
+    rng = np.random.default_rng([seed, index])
+    off_rng = np.random.default_rng([seed, index, 1])  # apart: the scenes stay as they were
     out = {"iou": [], "base": [], "acc": [], "refused": 0, "thin": [], "off": [], "precision": [], "recall": [],
            "neg2": [], "corrected": 0, "findings": []}
     for si in range(n):
-        scene = make_scene(rng, family, size)
+        scene = make(rng, family, size)
         if len(scene.masks) < 2:
             continue
         for j, m in enumerate(scene.masks):
@@ -316,14 +323,18 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--scenes", type=int, default=40, help="scenes per family")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--families", default=",".join(FAMILIES))
+    ap.add_argument("--families", default=None, help=f"default: {','.join(FAMILIES)}")
+    ap.add_argument("--heldout", action="store_true",
+                    help=f"the families of a second generator nothing was tuned on ({','.join(HELDOUT_FAMILIES)})")
     ap.add_argument("--dreambooth", type=Path, default=None,
                     help="git directory of a fetched google/dreambooth")
     ap.add_argument("--no-timing", action="store_true")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the goal is for 2)")
     ap.add_argument("--diagnose", type=Path, default=None,
                     help="folder: one row and one picture per deep click with IoU below 0.75 (bench/selection_diagnose.py)")
-    return ap.parse_args()
+    args = ap.parse_args()
+    args.families = args.families or ",".join(HELDOUT_FAMILIES if args.heldout else FAMILIES)
+    return args
 
 
 def main() -> None:
@@ -372,6 +383,10 @@ def main() -> None:
               f"{without:.1f} ms without (ratio {with_walk / without:.2f}; the walker ran in {walked} of {total} "
               f"selections, interleaved)")
         big_run()
+    if any(f in figs for f in HELDOUT_FAMILIES):
+        hs, ht = figs.get("heldout_separated", (nan3 := (float("nan"),) * 3)), figs.get("heldout_touching", nan3)
+        print(f"heldout separated_iou={hs[0]:.3f} separated_baseline={hs[2]:.3f} touching_iou={ht[0]:.3f} "
+              f"touching_baseline={ht[2]:.3f} off_touching={offs.get('heldout_touching', float('nan')):.3f}")
     sep, tou = figs.get("separated", (0, 0, 0)), figs.get("touching", (0, 0, 0))
     print(f"selection separated_iou={sep[0]:.2f} separated_acc={sep[1]:.2f} touching_iou={tou[0]:.2f} "
           f"touching_acc={tou[1]:.2f} ms_1024={ms:.0f} baseline_iou={sep[2]:.2f} refused={refused} "
