@@ -111,24 +111,26 @@ def edge_strength(mag: np.ndarray, region: np.ndarray) -> np.ndarray:
     return np.clip(mag / max(ref * 2.0, 1e-6), 0, 1)
 
 
-def _landscape(region: np.ndarray, edge: np.ndarray | None, cut: bool = False) -> np.ndarray:
-    """Thickness of ``region`` lowered along ``edge`` (``edge_strength``; None: the shape alone); with ``cut``,
-    the outlines (``_cuts``) count as outside, as the region's boundary does."""
+def _landscapes(region: np.ndarray, edge: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """(the shape alone: the region's thickness; that lowered along ``edge`` (``edge_strength``); the same with
+    the outlines counted as outside, as the region's boundary is; those outlines (``CUT``)). Without ``edge``
+    all three landscapes are the shape alone and there are no outlines."""
     # Outside the image counts as outside: a body cut by the border is measured by what is visible of
     # it (else the border reads as the thickest part, and a body along it as a row of hills).
+    thick = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
     if edge is None:
-        return ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
-    inside = region & ~_cuts(edge) if cut else region
-    return ndimage.distance_transform_edt(np.pad(inside, 1))[1:-1, 1:-1] * (1 - EDGE_WEIGHT * _soft(edge))
+        return thick, thick, thick, None
+    soft = ndimage.gaussian_filter(edge, 1.0)
+    cuts = soft > CUT
+    lower = 1 - EDGE_WEIGHT * soft
+    cut = ndimage.distance_transform_edt(np.pad(region & ~cuts, 1))[1:-1, 1:-1]
+    return thick, thick * lower, cut * lower, cuts
 
 
-def _soft(edge: np.ndarray) -> np.ndarray:
-    return ndimage.gaussian_filter(edge, 1.0)
-
-
-def _cuts(edge: np.ndarray) -> np.ndarray:
-    """[h, w] bool: the outlines that count as outside in the landscape (``CUT``)."""
-    return _soft(edge) > CUT
+def _landscape(region: np.ndarray, edge: np.ndarray | None, cut: bool = False) -> np.ndarray:
+    """One of ``_landscapes``: lowered along ``edge`` (None: the shape alone), with the outlines as outside if ``cut``."""
+    landscapes = _landscapes(region, edge)
+    return landscapes[2] if cut else landscapes[1]
 
 
 def _top(land: np.ndarray, cell: Cell) -> Cell:
@@ -316,13 +318,14 @@ def split_lookalikes(region: np.ndarray, pos: list[Cell], neg: list[Cell], auto:
     if not pos:
         return np.zeros_like(region)
     mag = None if lab is None else gradient(lab[:, :, crop[0], crop[1]])
-    strength = None if mag is None else edge_strength(mag, keep)
-    land = _landscape(keep, strength, cut=True)
-    height = max(_height(_landscape(keep, strength), p) for p in pos)  # without the cuts (``CUT``)
+    thick, plain, land, cuts = _landscapes(keep, None if mag is None else edge_strength(mag, keep))
+    height = max(_height(plain, p) for p in pos)  # without the cuts (``CUT``)
     tops = [_top(land, p) for p in pos]
-    others = _other_bodies(land, tops, height) if auto else []
-    maybes = [m for m in _other_bodies(land, tops, height, MAYBE) if m not in others] if auto and lab is not None else []
-    far = _far_parts(_landscape(keep, None), pos) if auto else np.zeros(keep.shape, bool)
+    # hills from MAYBE x the height up (ALIKE without an image: "maybe" bodies are judged by its edges)
+    found = _other_bodies(land, tops, height, MAYBE if cuts is not None else ALIKE) if auto else []
+    others = [c for c in found if land[c] >= ALIKE * height]
+    maybes = [c for c in found if land[c] < ALIKE * height]
+    far = _far_parts(thick, pos) if auto else np.zeros(keep.shape, bool)
     if not neg and not others and not far.any() and not maybes:
         return region
     summits = _summits(land, pos, others + neg)
@@ -344,7 +347,7 @@ def split_lookalikes(region: np.ndarray, pos: list[Cell], neg: list[Cell], auto:
     peak = np.asarray(ndimage.maximum(land, basins, index=np.arange(k)), dtype=float)
     outline = None if mag is None else _outlines(basins, mag, keep, k)
     # how much of each border runs along a cut: the median along it of the (5x5 widened) cut pixels
-    along_cut = None if not maybes else _outlines(basins, _cuts(strength).astype(float), keep, k, ref=1.0)
+    along_cut = None if not maybes else _outlines(basins, cuts.astype(float), keep, k, ref=1.0)
     side = _join(kinds, _passes(basins, land, k), peak, NECK, outline, along_cut)
     inside = keep & np.isin(basins, list(side))
     if lab is not None:
