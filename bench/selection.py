@@ -38,11 +38,12 @@ backgrounds) that no constant was tuned on, and prints ``heldout separated_iou=.
 touching_iou=.. touching_baseline=.. off_touching=..``.
 
 Usage: python bench/selection.py [--scenes 40] [--size 512] [--seed 0] [--dreambooth GIT_DIR] [--threads 2]
-       [--families touching,...] [--heldout] [--diagnose DIR]
+       [--families touching,...] [--heldout] [--no-split] [--diagnose DIR]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import resource
@@ -170,7 +171,7 @@ def run_family(family: str, n: int, size: int, seed: int, diagnose: Path | None 
             continue
         for j, m in enumerate(scene.masks):
             click = click_point(m)
-            with captured_split() as seen:
+            with captured_split() if diagnose is not None else contextlib.nullcontext({}) as seen:
                 sel = pack_select(scene.image, [click], **kwargs)
             if sel is None:
                 out["refused"] += 1
@@ -330,6 +331,8 @@ def _args() -> argparse.Namespace:
                     help="git directory of a fetched google/dreambooth")
     ap.add_argument("--no-timing", action="store_true")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the goal is for 2)")
+    ap.add_argument("--no-split", action="store_true",
+                    help="split_touching off: what the look-alike split adds (or costs) on each family")
     ap.add_argument("--diagnose", type=Path, default=None,
                     help="folder: one row and one picture per deep click with IoU below 0.75 (bench/selection_diagnose.py)")
     args = ap.parse_args()
@@ -345,7 +348,7 @@ def main() -> None:
     for fam in args.families.split(","):
         if args.diagnose is not None:
             args.diagnose.mkdir(parents=True, exist_ok=True)
-        r = run_family(fam, args.scenes, args.size, args.seed, args.diagnose)
+        r = run_family(fam, args.scenes, args.size, args.seed, args.diagnose, split_touching=not args.no_split)
         for f in r["findings"]:
             print(f"  {fam} {f.row()}")
         figs[fam] = (float(np.mean(r["iou"])), float(np.mean(r["acc"])), float(np.mean(r["base"])))

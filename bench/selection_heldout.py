@@ -13,18 +13,17 @@ pack. These scenes keep the task (look-alikes, one click on one of them) and cha
 """
 from __future__ import annotations
 
-import colorsys
-
 import numpy as np
 from scipy import ndimage
 from selection_scenes import Scene
+from selection_scenes import _hsv as _hsv64
 
 HELDOUT_FAMILIES = ("heldout_separated", "heldout_touching")
 SHAPES = ("capsule", "polygon", "peanut", "pear")
 
 
 def _hsv(h: float, s: float, v: float) -> np.ndarray:
-    return np.array(colorsys.hsv_to_rgb(h % 1.0, min(max(s, 0), 1), min(max(v, 0), 1)), np.float32)
+    return _hsv64(h, s, v).astype(np.float32)
 
 
 def _field(rng: np.random.Generator, size: int, scale: float) -> np.ndarray:
